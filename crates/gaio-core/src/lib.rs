@@ -1,0 +1,125 @@
+//! gaio-core: the [`Watcher`], a proactor over edge-triggered epoll (Linux) and
+//! kqueue (macOS, BSD).
+//!
+//! Hand a connected stream socket or pipe to a watcher, submit reads and writes
+//! with owned buffers (or none: the watcher's shared swap buffer), and collect
+//! completions in batches. An idle connection costs one slot in a table (about
+//! 120 bytes with a pending read) — no task, no thread, no buffer.
+//!
+//! # Quick start: the echo server from Go gaio's README
+//!
+//! ```no_run
+//! use gaio_core::{Buffer, Op, Watcher};
+//!
+//! let mut w: Watcher<()> = Watcher::new()?;
+//! let tx = w.submitter();
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! println!("listening on {}", listener.local_addr()?);
+//! std::thread::spawn(move || {
+//!     for stream in listener.incoming().flatten() {
+//!         // Delegate the connection; read into the swap buffer (no buffer per conn).
+//!         let Ok(conn) = tx.register(stream) else { return };
+//!         let _ = tx.read(conn, (), None);
+//!     }
+//! });
+//! let tx = w.submitter();
+//! let mut spare: Vec<Vec<u8>> = Vec::new(); // write buffers handed back, reused
+//! loop {
+//!     for res in w.wait_io()? {
+//!         match (res.op, &res.result) {
+//!             (Op::Read, Ok(())) if res.size > 0 => {
+//!                 let mut out = spare.pop().unwrap_or_default();
+//!                 out.extend_from_slice(res.data());
+//!                 tx.write(res.conn, (), out)?; // read again once this completes
+//!             }
+//!             (Op::Write, Ok(())) => {
+//!                 if let Buffer::Owned(mut v) = res.buffer {
+//!                     v.clear();
+//!                     spare.push(v);
+//!                 }
+//!                 tx.read(res.conn, (), None)?;
+//!             }
+//!             _ => tx.free(res.conn)?, // EOF or error
+//!         }
+//!     }
+//! }
+//! # Ok::<(), gaio_core::Error>(())
+//! ```
+//!
+//! # Backends
+//!
+//! | OS | poller | waker |
+//! |----|--------|-------|
+//! | Linux, Android | epoll, edge-triggered | eventfd |
+//! | macOS, iOS, FreeBSD, NetBSD, DragonFly, OpenBSD | kqueue, `EV_CLEAR` | `EVFILT_USER` |
+//!
+//! CI runs on Linux; the kqueue backend is type-checked for FreeBSD and macOS only.
+//!
+//! # Rules
+//!
+//! * **No hidden threads.** All I/O happens inside [`Watcher::wait_io`] on the
+//!   caller's thread. [`Submitter`]s queue requests from any thread; a submission
+//!   wakes the watcher only if it is parked in the poller, so while it is busy,
+//!   submitting costs no system call.
+//! * **Exactly once.** Every accepted request completes exactly once — success,
+//!   error, deadline, [`free`](Submitter::free), or peer close — with its `ctx`, its
+//!   byte count and (if it had one) its buffer. A refused request returns `Err` at
+//!   once. The one exception: closing the watcher drops pending requests.
+//! * **Order.** Requests on one connection complete in submission order per
+//!   direction (reads and writes are independent), except that a request whose
+//!   deadline passes completes then, ahead of requests queued before it.
+//!   Submissions are ordered across threads by happens-before.
+//! * **Swap buffer.** A read with no buffer lands in the watcher's swap buffer
+//!   (64 KiB by default); the completion borrows it, so the borrow checker ends its
+//!   use before the next `wait_io`. When one batch fills it, further swap reads stay
+//!   pending until the next `wait_io`; no byte is lost.
+//! * **Readiness is cached.** A request on a connection already known to be ready is
+//!   attempted as soon as the watcher sees it, without waiting for another event.
+//!   Several queued writes go out in one `writev`.
+//! * **Tokens, not fds.** A [`Conn`] names a slot and a generation; a freed `Conn`
+//!   never reaches a newer connection that reuses the slot or the fd number.
+//! * **Deadlines** never fire early; a deadline already past completes at the next
+//!   `wait_io`. They cost O(log n) to arm, cancel and fire.
+//! * **Signals.** Sockets are written with `MSG_NOSIGNAL` (`SO_NOSIGPIPE` on
+//!   BSD/macOS): a reset peer is an `Err`, never a `SIGPIPE`.
+#![forbid(unsafe_code)]
+
+mod error;
+mod slab;
+mod submit;
+mod timer;
+mod watcher;
+
+pub use error::{Error, Result};
+pub use submit::Submitter;
+pub use watcher::{Buffer, Builder, Completion, Completions, Op, Stats, Watcher};
+
+/// A registered connection: a slot in the watcher's table and the generation of
+/// that slot, so a token for a freed connection can never act on a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Conn {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+impl Conn {
+    /// The slot index (dense, reused after `free`): handy to index per-connection
+    /// state in the application.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// How many times the slot was freed before this connection took it.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Submitter<u64>>();
+    send_sync::<Conn>();
+    send_sync::<Error>();
+    send::<Watcher<u64>>();
+};

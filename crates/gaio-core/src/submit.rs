@@ -1,0 +1,390 @@
+//! The submission side: the state a [`Watcher`](crate::Watcher) shares with its
+//! [`Submitter`]s, and the commands that travel from one to the other.
+//!
+//! Two paths, one order. Requests from the thread that drives the watcher go into a
+//! `Mutex<Vec>` only that thread touches (an uncontended lock: two atomic operations,
+//! no syscall, and no allocation once the vector has grown), so an echo loop's
+//! steady state allocates nothing. Requests from any other thread go through a
+//! lock-free `crossbeam_queue::SegQueue`. Every command takes a number from one
+//! atomic counter before it is queued; the watcher processes a drained batch in that
+//! order, so a request that happens-after another (same thread, or handed over
+//! through any synchronisation) is processed after it whichever path each took.
+
+use std::cell::Cell;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use crossbeam_queue::SegQueue;
+use gaio_sys::{FdKind, Waker};
+
+use crate::timer::NO_TIMER;
+use crate::{Conn, Error, Result};
+
+/// What a request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Read,
+    ReadFull,
+    Write,
+}
+
+/// One pending request: kept inline in its connection's slot while it is first in
+/// line, so an idle connection with one read costs no allocation.
+#[derive(Debug)]
+pub(crate) struct Req<C> {
+    /// `None`: read into the swap buffer.
+    pub buf: Option<Vec<u8>>,
+    pub ctx: C,
+    /// Bytes moved so far (read_full and write make progress across calls).
+    pub done: usize,
+    pub timer: u32,
+    pub kind: Kind,
+}
+
+#[derive(Debug)]
+pub(crate) enum Cmd<C> {
+    Submit {
+        conn: Conn,
+        req: Req<C>,
+        deadline: Option<Instant>,
+    },
+    Free(Conn),
+    Register(Conn, OwnedFd, FdKind),
+}
+
+#[derive(Debug)]
+pub(crate) struct Queued<C> {
+    pub seq: u64,
+    pub cmd: Cmd<C>,
+}
+
+/// Token of the waker's events; connection tokens never reach it because a slot
+/// index is below `u32::MAX`.
+pub(crate) const WAKE_TOKEN: u64 = u64::MAX;
+
+pub(crate) fn token(conn: Conn) -> u64 {
+    (u64::from(conn.generation) << 32) | u64::from(conn.slot)
+}
+
+thread_local! {
+    static THREAD_TAG: Cell<u64> = const { Cell::new(0) };
+}
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+
+/// A small unique number for the calling thread (std's `ThreadId::as_u64` is unstable).
+pub(crate) fn thread_tag() -> u64 {
+    THREAD_TAG.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT_TAG.fetch_add(1, Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared<C> {
+    /// `None` once the watcher closed: its fd must not outlive the watcher just
+    /// because a `Submitter` is still around. Read-locked only to wake a parked
+    /// watcher, which is rare by design.
+    waker: RwLock<Option<Waker>>,
+    remote: SegQueue<Queued<C>>,
+    local: Mutex<Vec<Queued<C>>>,
+    /// Tag of the thread that last drove `wait_io`.
+    pub owner: AtomicU64,
+    seq: AtomicU64,
+    /// Set by the watcher right before it blocks in the poller; whoever swaps it back
+    /// to false owes one wake.
+    pub parked: AtomicBool,
+    pub closed: AtomicBool,
+    next_slot: AtomicU32,
+    free_slots: SegQueue<Conn>,
+}
+
+impl<C> Shared<C> {
+    pub fn new(waker: Waker) -> Shared<C> {
+        Shared {
+            waker: RwLock::new(Some(waker)),
+            remote: SegQueue::new(),
+            local: Mutex::new(Vec::new()),
+            owner: AtomicU64::new(thread_tag()),
+            seq: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            next_slot: AtomicU32::new(0),
+            free_slots: SegQueue::new(),
+        }
+    }
+
+    fn local(&self) -> MutexGuard<'_, Vec<Queued<C>>> {
+        // A panic while holding this lock cannot leave the Vec half-updated.
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, cmd: Cmd<C>) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::WatcherClosed);
+        }
+        // Coherence of one atomic gives every command that happens-after another a
+        // larger number, whichever thread or path either took.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let q = Queued { seq, cmd };
+        if self.owner.load(Ordering::Relaxed) == thread_tag() {
+            self.local().push(q);
+        } else {
+            self.remote.push(q);
+        }
+        // Pairs with the fence in `Watcher::park`: either the watcher sees this
+        // command before it blocks, or we see `parked` and wake it.
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+            let waker = self.waker.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(w) = waker.as_ref() {
+                w.wake()?;
+            }
+        }
+        if self.closed.load(Ordering::Acquire) {
+            // The watcher closed while we queued: nobody will run this command, so
+            // drop it (and any fd it carries) now rather than when the last handle goes.
+            self.discard_queued();
+            return Err(Error::WatcherClosed);
+        }
+        Ok(())
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.remote.is_empty() || !self.local().is_empty()
+    }
+
+    /// Moves every queued command into `out` (which must be empty), in submission
+    /// order. `remote_buf` is scratch space kept by the caller to avoid allocating.
+    pub fn drain_into(&self, out: &mut Vec<Queued<C>>, remote_buf: &mut Vec<Queued<C>>) {
+        debug_assert!(out.is_empty());
+        std::mem::swap(&mut *self.local(), out);
+        if self.remote.is_empty() {
+            return;
+        }
+        while let Some(q) = self.remote.pop() {
+            remote_buf.push(q);
+        }
+        // Concurrent producers can push out of number order; order them, then merge
+        // with the local run (already in order).
+        remote_buf.sort_unstable_by_key(|q| q.seq);
+        if out.is_empty() {
+            std::mem::swap(out, remote_buf);
+            return;
+        }
+        let local_len = out.len();
+        out.append(remote_buf);
+        if out[local_len - 1].seq > out[local_len].seq {
+            out.sort_unstable_by_key(|q| q.seq);
+        }
+    }
+
+    /// Marks the watcher closed and closes the waker's fd.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        *self.waker.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.discard_queued();
+    }
+
+    pub fn discard_queued(&self) {
+        drop(std::mem::take(&mut *self.local()));
+        while self.remote.pop().is_some() {}
+    }
+
+    /// Checks an fd, makes it nonblocking and picks a `Conn` for it. The watcher
+    /// adds it to its poller when it installs it. On failure the fd is closed.
+    pub fn open(&self, fd: OwnedFd) -> Result<(Conn, OwnedFd, FdKind)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::WatcherClosed);
+        }
+        let kind = gaio_sys::fd_kind(fd.as_fd())?;
+        if kind == FdKind::Unsupported {
+            return Err(Error::Unsupported);
+        }
+        gaio_sys::set_nonblocking(fd.as_fd(), true)?;
+        let conn = self.free_slots.pop().unwrap_or_else(|| Conn {
+            slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
+        });
+        if conn.slot == u32::MAX {
+            return Err(Error::Io(std::io::Error::other("too many connections")));
+        }
+        Ok((conn, fd, kind))
+    }
+
+    pub fn release_slot(&self, conn: Conn) {
+        self.free_slots.push(conn);
+    }
+}
+
+/// A handle for submitting requests to a [`Watcher`](crate::Watcher) from any thread.
+///
+/// `Clone + Send + Sync` (for `C: Send`). Submitting never blocks and makes no system
+/// call unless the watcher is parked in the poller, in which case the first
+/// submission wakes it. Requests are refused at once (`Err`, the request is dropped)
+/// only for an empty buffer or a closed watcher; everything accepted completes
+/// exactly once through `wait_io`.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+/// use gaio_core::{Op, Watcher};
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let (server, _) = listener.accept()?;
+///
+/// let mut w: Watcher<u32> = Watcher::new()?;
+/// let tx = w.submitter();
+/// let conn = w.register(server)?;
+/// tx.read(conn, 1, None)?;
+/// client.write_all(b"hi")?;
+/// let res = w.wait_io()?.next().unwrap();
+/// assert_eq!((res.op, res.ctx, res.data()), (Op::Read, 1, &b"hi"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Submitter<C> {
+    pub(crate) shared: Arc<Shared<C>>,
+}
+
+impl<C> Clone for Submitter<C> {
+    fn clone(&self) -> Self {
+        Submitter {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C> Submitter<C> {
+    fn submit(
+        &self,
+        conn: Conn,
+        ctx: C,
+        buf: Option<Vec<u8>>,
+        kind: Kind,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        if buf.as_ref().is_some_and(|b| b.is_empty()) {
+            return Err(Error::EmptyBuffer);
+        }
+        let req = Req {
+            buf,
+            ctx,
+            done: 0,
+            timer: NO_TIMER,
+            kind,
+        };
+        self.shared.push(Cmd::Submit {
+            conn,
+            req,
+            deadline,
+        })
+    }
+
+    /// Hands a stream socket or pipe to the watcher, from any thread. It is made
+    /// nonblocking; every socket option already set is kept. The watcher adds it to
+    /// its poller at its next `wait_io`; requests submitted after this call are
+    /// ordered after it. Should the poller refuse it then (the kernel is out of
+    /// memory for watches), the fd is closed, an error is logged, and requests on the
+    /// `Conn` complete with [`Error::ConnClosed`].
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for anything but a stream socket or pipe (the fd is
+    /// closed), [`Error::WatcherClosed`], or the OS error from `fstat`/`fcntl`.
+    pub fn register(&self, fd: impl Into<OwnedFd>) -> Result<Conn> {
+        let (conn, fd, kind) = self.shared.open(fd.into())?;
+        self.shared.push(Cmd::Register(conn, fd, kind))?;
+        Ok(conn)
+    }
+
+    /// Reads whatever is available, at least one byte (or EOF: `Ok` with size 0).
+    /// `None` reads into the watcher's swap buffer, borrowed by the completion until
+    /// the next `wait_io`; `Some(buf)` reads into `buf[..buf.len()]` and hands `buf`
+    /// back.
+    ///
+    /// # Errors
+    /// [`Error::EmptyBuffer`] for `Some` of an empty buffer; [`Error::WatcherClosed`].
+    pub fn read(&self, conn: Conn, ctx: C, buf: Option<Vec<u8>>) -> Result<()> {
+        self.submit(conn, ctx, buf, Kind::Read, None)
+    }
+
+    /// [`read`](Self::read) that completes with [`Error::Deadline`] if nothing was
+    /// read by `deadline`.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read).
+    pub fn read_timeout(
+        &self,
+        conn: Conn,
+        ctx: C,
+        buf: Option<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<()> {
+        self.submit(conn, ctx, buf, Kind::Read, Some(deadline))
+    }
+
+    /// Reads until `buf` is full. Completes early only on an error, the deadline
+    /// (`Error::Deadline`), or EOF (`Io` of kind `UnexpectedEof`), reporting the
+    /// bytes read so far in `size`.
+    ///
+    /// # Errors
+    /// [`Error::EmptyBuffer`]; [`Error::WatcherClosed`].
+    pub fn read_full(
+        &self,
+        conn: Conn,
+        ctx: C,
+        buf: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        if buf.is_empty() {
+            return Err(Error::EmptyBuffer);
+        }
+        self.submit(conn, ctx, Some(buf), Kind::ReadFull, deadline)
+    }
+
+    /// Writes all of `buf`; completes when every byte is written (or on error).
+    /// Writes queued on one connection go out in order, several per `writev`.
+    ///
+    /// # Errors
+    /// [`Error::EmptyBuffer`]; [`Error::WatcherClosed`].
+    pub fn write(&self, conn: Conn, ctx: C, buf: Vec<u8>) -> Result<()> {
+        if buf.is_empty() {
+            return Err(Error::EmptyBuffer);
+        }
+        self.submit(conn, ctx, Some(buf), Kind::Write, None)
+    }
+
+    /// [`write`](Self::write) that completes with [`Error::Deadline`] (and the count
+    /// written so far) if not finished by `deadline`.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn write_timeout(&self, conn: Conn, ctx: C, buf: Vec<u8>, deadline: Instant) -> Result<()> {
+        if buf.is_empty() {
+            return Err(Error::EmptyBuffer);
+        }
+        self.submit(conn, ctx, Some(buf), Kind::Write, Some(deadline))
+    }
+
+    /// Closes the connection at the watcher's next `wait_io`. Every request pending
+    /// on it completes with [`Error::ConnClosed`]; later requests with this `Conn`
+    /// complete with `ConnClosed` too, even once its slot and fd number are reused.
+    /// Freeing twice is harmless.
+    ///
+    /// # Errors
+    /// [`Error::WatcherClosed`].
+    pub fn free(&self, conn: Conn) -> Result<()> {
+        self.shared.push(Cmd::Free(conn))
+    }
+
+    /// Whether the watcher has been closed or dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}

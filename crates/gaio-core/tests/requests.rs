@@ -1,0 +1,309 @@
+//! Request semantics: refused input, unsupported fds, ctx passing, read_full,
+//! peer close and reset, cached readiness, writev batching.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gaio_core::{Error, Op, Watcher};
+use util::*;
+
+#[test]
+fn empty_buffers_are_refused_at_once() {
+    let _serial = serial();
+    let (_c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    assert!(matches!(
+        tx.write(conn, (), Vec::new()),
+        Err(Error::EmptyBuffer)
+    ));
+    assert!(matches!(
+        tx.write_timeout(conn, (), Vec::new(), Instant::now()),
+        Err(Error::EmptyBuffer)
+    ));
+    assert!(matches!(
+        tx.read_full(conn, (), Vec::new(), None),
+        Err(Error::EmptyBuffer)
+    ));
+    assert!(matches!(
+        tx.read(conn, (), Some(Vec::new())),
+        Err(Error::EmptyBuffer)
+    ));
+    // Nothing was accepted, so nothing completes.
+    assert_quiet(&mut w, Duration::from_millis(20));
+    assert_eq!(w.stats().pending_reads + w.stats().pending_writes, 0);
+}
+
+#[test]
+fn unsupported_fd_is_refused_and_closed() {
+    let _serial = serial();
+    let start = fd_count();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let base = fd_count();
+    let path = std::env::temp_dir().join(format!("gaio-core-file-{}", std::process::id()));
+    let f = std::fs::File::create(&path).unwrap();
+    assert!(matches!(w.register(f), Err(Error::Unsupported)));
+    let f = std::fs::File::open(&path).unwrap();
+    assert!(matches!(tx.register(f), Err(Error::Unsupported)));
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert!(matches!(w.register(udp), Err(Error::Unsupported)));
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(fd_count(), base, "refused fds are closed, not leaked");
+    assert_eq!(w.stats().conns, 0);
+    drop((w, tx));
+    assert_fds_back_to(start);
+}
+
+#[test]
+fn context_is_handed_back_unchanged() {
+    let _serial = serial();
+    #[derive(Debug, PartialEq)]
+    struct Session {
+        id: u64,
+        name: String,
+    }
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<Session> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.write(
+        conn,
+        Session {
+            id: 7,
+            name: "w".into(),
+        },
+        b"x".to_vec(),
+    )
+    .unwrap();
+    tx.read(
+        conn,
+        Session {
+            id: 8,
+            name: "r".into(),
+        },
+        None,
+    )
+    .unwrap();
+    c.write_all(b"y").unwrap();
+    let mut done = collect(&mut w, 2);
+    done.sort_by_key(|d| d.ctx.id);
+    assert_eq!(
+        done[0].ctx,
+        Session {
+            id: 7,
+            name: "w".into()
+        }
+    );
+    assert_eq!(
+        done[1].ctx,
+        Session {
+            id: 8,
+            name: "r".into()
+        }
+    );
+    assert_eq!(done[1].data, b"y");
+}
+
+#[test]
+fn read_full_waits_for_every_byte() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read_full(conn, (), vec![0; 10], None).unwrap();
+    c.write_all(b"0123").unwrap();
+    assert_quiet(&mut w, Duration::from_millis(30));
+    c.write_all(b"456789").unwrap();
+    let d = one(&mut w);
+    assert!(d.result.is_ok());
+    assert_eq!((d.size, &d.data[..]), (10, &b"0123456789"[..]));
+}
+
+#[test]
+fn read_full_eof_before_full_is_unexpected_eof() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read_full(conn, (), vec![0; 10], None).unwrap();
+    c.write_all(b"abc").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let d = one(&mut w);
+    match &d.result {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.size, 3, "partial count reported");
+    assert_eq!(
+        &d.owned.unwrap()[..3],
+        b"abc",
+        "buffer handed back with the bytes read"
+    );
+}
+
+#[test]
+fn socket_close_completes_pending_read_with_eof() {
+    let _serial = serial();
+    let (c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read(conn, (), None).unwrap();
+    tx.read(conn, (), Some(vec![0; 8])).unwrap();
+    drop(c);
+    let done = collect(&mut w, 2);
+    for d in &done {
+        assert!(
+            d.result.is_ok() && d.size == 0,
+            "EOF is Ok(0): {:?}",
+            d.result
+        );
+    }
+}
+
+#[test]
+fn peer_reset_fails_pending_read_and_write() {
+    let _serial = serial();
+    let (c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read(conn, (), None).unwrap();
+    assert_quiet(&mut w, Duration::from_millis(10));
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c); // RST
+    let d = one(&mut w);
+    assert_eq!(d.op, Op::Read);
+    match d.result {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        other => panic!("{other:?}"),
+    }
+    tx.write(conn, (), vec![1; 1024]).unwrap();
+    let d = one(&mut w);
+    assert!(matches!(d.result, Err(Error::Io(_))), "{:?}", d.result);
+    assert_eq!(d.owned.unwrap().len(), 1024, "buffer handed back on error");
+}
+
+static SIGPIPES: AtomicUsize = AtomicUsize::new(0);
+extern "C" fn count_sigpipe(_: libc::c_int) {
+    SIGPIPES.fetch_add(1, Ordering::SeqCst);
+}
+
+#[test]
+fn write_on_closed_conn_errors_without_sigpipe() {
+    let _serial = serial();
+    // SAFETY: the handler only touches an atomic (async-signal-safe).
+    let prev = unsafe {
+        libc::signal(
+            libc::SIGPIPE,
+            count_sigpipe as *const () as libc::sighandler_t,
+        )
+    };
+    let (c, s) = tcp_pair();
+    let mut w: Watcher<usize> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    drop(c);
+    // Keep writing until the reset surfaces; every write completes exactly once.
+    let mut err = None;
+    for i in 0..1000 {
+        tx.write(conn, i, vec![0; 4096]).unwrap();
+        let d = one(&mut w);
+        assert_eq!(d.ctx, i);
+        if let Err(e) = d.result {
+            err = Some(e);
+            break;
+        }
+    }
+    match err {
+        Some(Error::Io(e)) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        ),
+        other => panic!("expected an i/o error, got {other:?}"),
+    }
+    assert_eq!(SIGPIPES.load(Ordering::SeqCst), 0);
+    // SAFETY: restores the previous disposition.
+    unsafe { libc::signal(libc::SIGPIPE, prev) };
+}
+
+#[test]
+fn request_on_ready_fd_completes_without_a_new_edge() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<u8> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read(conn, 1, Some(vec![0; 4])).unwrap();
+    c.write_all(b"0123456789").unwrap();
+    let d = one(&mut w);
+    assert_eq!(d.data, b"0123");
+    // The rest is buffered in the kernel and no new edge will come: the watcher
+    // must remember the fd is readable.
+    tx.read(conn, 2, Some(vec![0; 4])).unwrap();
+    assert_eq!(one(&mut w).data, b"4567");
+    tx.read(conn, 3, None).unwrap();
+    assert_eq!(one(&mut w).data, b"89");
+}
+
+#[test]
+fn queued_writes_go_out_in_order_in_one_writev() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<usize> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    let before = w.stats().syscalls;
+    for i in 0..20 {
+        tx.write(conn, i, pattern(i, 100)).unwrap();
+    }
+    let done = collect(&mut w, 20);
+    let order: Vec<usize> = done.iter().map(|d| d.ctx).collect();
+    assert_eq!(order, (0..20).collect::<Vec<_>>(), "FIFO completion");
+    assert!(done.iter().all(|d| d.result.is_ok() && d.size == 100));
+    // One send for the first request, one sendmsg for the 19 queued behind it.
+    let used = w.stats().syscalls - before;
+    assert!(used <= 3, "20 small writes took {used} syscalls");
+    let mut got = vec![0; 2000];
+    c.read_exact(&mut got).unwrap();
+    let want: Vec<u8> = (0..20).flat_map(|i| pattern(i, 100)).collect();
+    assert!(got == want);
+}
+
+#[test]
+fn socket_options_survive_registration() {
+    let _serial = serial();
+    let (_c, s) = tcp_pair();
+    s.set_nodelay(true).unwrap();
+    let sock = socket2::SockRef::from(&s);
+    sock.set_keepalive(true).unwrap();
+    sock.set_send_buffer_size(64 * 1024).unwrap();
+    let sndbuf = sock.send_buffer_size().unwrap();
+    let raw = s.as_raw_fd();
+    let dup = s.try_clone().unwrap(); // to inspect the socket after handing it over
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let _conn = w.register(s).unwrap();
+    let sock = socket2::SockRef::from(&dup);
+    assert!(sock.nodelay().unwrap());
+    assert!(sock.keepalive().unwrap());
+    assert_eq!(sock.send_buffer_size().unwrap(), sndbuf);
+    assert!(
+        sock.nonblocking().unwrap(),
+        "registration makes the fd nonblocking"
+    );
+    assert_ne!(raw, -1);
+}

@@ -1,0 +1,280 @@
+//! Nonblocking calls on raw fds, shared by every unix backend.
+//!
+//! Rules for all of them: `EINTR` is retried here and never reaches the caller;
+//! `EAGAIN`/`EWOULDBLOCK` comes back as [`io::ErrorKind::WouldBlock`]; every other
+//! failure is the OS error as an [`io::Error`].
+
+use std::io::{self, IoSlice};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// Runs `f` until it returns anything but `EINTR`.
+fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Reads into `buf`; `Ok(0)` is end of stream (or an empty `buf`).
+///
+/// # Errors
+/// `WouldBlock` when nothing is buffered; `ECONNRESET` and friends as they come.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry(|| syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize))
+}
+
+/// Writes to any fd with `write(2)`. On a pipe whose reader is gone this raises
+/// `SIGPIPE` unless the process ignores it (Rust programs do by default); use
+/// [`send`] for sockets.
+///
+/// # Errors
+/// `WouldBlock` when the fd's buffer is full; `EPIPE` when the reader is gone.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    retry(|| syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize))
+}
+
+/// Writes from several buffers in order with `writev(2)` (any fd). At most
+/// [`IOV_MAX`](crate::IOV_MAX) slices are passed; the rest are ignored.
+///
+/// # Errors
+/// As [`write`].
+pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let n = bufs.len().min(crate::IOV_MAX) as libc::c_int;
+    // IoSlice is ABI-compatible with iovec on unix (documented by std).
+    retry(|| syscall!(writev(fd.as_raw_fd(), bufs.as_ptr().cast(), n)).map(|n| n as usize))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+// macOS and the BSDs have no MSG_NOSIGNAL everywhere: gaio-core sets SO_NOSIGPIPE on
+// each socket it registers (`set_nonblocking` does it).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = 0;
+
+/// Sends on a connected stream socket without ever raising `SIGPIPE`
+/// (`MSG_NOSIGNAL` on Linux; on BSD/macOS the socket must have `SO_NOSIGPIPE`, which
+/// [`set_nonblocking`] sets for sockets).
+///
+/// # Errors
+/// `WouldBlock` when the send buffer is full; `EPIPE`/`ECONNRESET` when the peer is
+/// gone; `ENOTSOCK` for a non-socket.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    retry(|| {
+        syscall!(send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            SEND_FLAGS
+        ))
+        .map(|n| n as usize)
+    })
+}
+
+/// [`send`] from several buffers in order (`sendmsg(2)`), never raising `SIGPIPE`.
+/// At most [`IOV_MAX`](crate::IOV_MAX) slices are passed; the rest are ignored.
+///
+/// # Errors
+/// As [`send`].
+pub fn sendv(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is a plain C struct for which all-zeroes is a valid value
+    // (no name, no control data); the fields we need are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(crate::IOV_MAX) as _;
+    retry(|| syscall!(sendmsg(fd.as_raw_fd(), &msg, SEND_FLAGS)).map(|n| n as usize))
+}
+
+/// Accepts one connection from a listening socket. The new fd is close-on-exec and
+/// nonblocking (`accept4` where the OS has it). Returns the peer address when it is
+/// IPv4 or IPv6, `None` for other families (Unix sockets).
+///
+/// # Errors
+/// `WouldBlock` when no connection is waiting; `EMFILE`/`ENFILE` when out of fds;
+/// `ECONNABORTED` when a queued connection was reset before it was accepted.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
+    // SAFETY: sockaddr_storage is plain data; all-zeroes is a valid (unspecified) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let fd = accept_raw(listener, &mut storage, &mut len)?;
+    // SAFETY: accept just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )))]
+    {
+        use std::os::fd::AsFd;
+        set_cloexec(fd.as_fd())?;
+        set_nonblocking(fd.as_fd(), true)?;
+    }
+    Ok((fd, sockaddr_to_std(&storage)))
+}
+
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+fn accept_raw(
+    listener: BorrowedFd<'_>,
+    storage: &mut libc::sockaddr_storage,
+    len: &mut libc::socklen_t,
+) -> io::Result<libc::c_int> {
+    let addr = (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    retry(|| {
+        syscall!(accept4(
+            listener.as_raw_fd(),
+            addr,
+            &mut *len,
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK
+        ))
+    })
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+)))]
+fn accept_raw(
+    listener: BorrowedFd<'_>,
+    storage: &mut libc::sockaddr_storage,
+    len: &mut libc::socklen_t,
+) -> io::Result<libc::c_int> {
+    let addr = (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    retry(|| syscall!(accept(listener.as_raw_fd(), addr, &mut *len)))
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+)))]
+fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
+    syscall!(fcntl(
+        fd.as_raw_fd(),
+        libc::F_SETFD,
+        flags | libc::FD_CLOEXEC
+    ))?;
+    Ok(())
+}
+
+fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: ss_family says the storage holds a sockaddr_in, and
+            // sockaddr_storage is large and aligned enough for any sockaddr.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Switches `O_NONBLOCK` on or off. On BSD/macOS it also sets `SO_NOSIGPIPE` on
+/// sockets, so [`send`]/[`sendv`] never raise `SIGPIPE` there either. Socket options
+/// the application set (nodelay, keepalive, linger, buffer sizes) are untouched.
+///
+/// # Errors
+/// Whatever `fcntl` reports (e.g. `EBADF`).
+pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+    let new = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if new != flags {
+        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    if fd_kind(fd)? == FdKind::Socket {
+        let one: libc::c_int = 1;
+        syscall!(setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NOSIGPIPE,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t
+        ))?;
+    }
+    Ok(())
+}
+
+/// What kind of fd a descriptor is, as far as a proactor cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdKind {
+    /// A stream socket (TCP, Unix stream): pollable, written with [`send`].
+    Socket,
+    /// A pipe or FIFO: pollable, written with [`write`].
+    Pipe,
+    /// Anything the poller refuses or that is not a byte stream: regular files,
+    /// directories, datagram sockets, devices.
+    Unsupported,
+}
+
+/// Tells a pollable stream fd (stream socket, pipe) from one gaio cannot drive
+/// (a regular file makes epoll fail with `EPERM`; datagram sockets are not streams).
+///
+/// # Errors
+/// Whatever `fstat`/`getsockopt` report (e.g. `EBADF`).
+pub fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
+    // SAFETY: stat is plain data; fstat fills it before we read it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    syscall!(fstat(fd.as_raw_fd(), &mut st))?;
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => {
+            let mut ty: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            syscall!(getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len
+            ))?;
+            Ok(if ty == libc::SOCK_STREAM {
+                FdKind::Socket
+            } else {
+                FdKind::Unsupported
+            })
+        }
+        libc::S_IFIFO => Ok(FdKind::Pipe),
+        _ => Ok(FdKind::Unsupported),
+    }
+}
