@@ -32,7 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--cpu" => builder = builder.cpu(value()?.parse()?),
             "--swap" => builder = builder.swap_buffer(value()?.parse()?),
             "-h" | "--help" => {
-                println!("usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES]");
+                println!(
+                    "usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES]"
+                );
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other} (try --help)").into()),

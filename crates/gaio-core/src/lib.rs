@@ -73,6 +73,13 @@
 //!   (64 KiB by default); the completion borrows it, so the borrow checker ends its
 //!   use before the next `wait_io`. When one batch fills it, further swap reads stay
 //!   pending until the next `wait_io`; no byte is lost.
+//!
+//!   ```compile_fail
+//!   # let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new().unwrap();
+//!   let first = w.wait_io().unwrap().next(); // borrows the swap buffer…
+//!   let second = w.wait_io();                // …so this does not compile
+//!   drop(first);
+//!   ```
 //! * **Readiness is cached.** A request on a connection already known to be ready is
 //!   attempted as soon as the watcher sees it, without waiting for another event.
 //!   Several queued writes go out in one `writev`.

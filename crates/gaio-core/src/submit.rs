@@ -25,22 +25,68 @@ use crate::{Conn, Error, Result};
 /// What a request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    Read,
-    ReadFull,
-    Write,
+    Read = 0,
+    ReadFull = 1,
+    Write = 2,
 }
 
 /// One pending request: kept inline in its connection's slot while it is first in
-/// line, so an idle connection with one read costs no allocation.
+/// line, so an idle connection with one read costs no allocation. 40 bytes with a
+/// `usize` ctx: the progress count is a `u32` (buffers are limited to 4 GiB) and the
+/// kind shares a word with the timer id, so two requests and a connection fit the
+/// 128-byte budget per idle connection.
 #[derive(Debug)]
 pub(crate) struct Req<C> {
     /// `None`: read into the swap buffer.
     pub buf: Option<Vec<u8>>,
     pub ctx: C,
     /// Bytes moved so far (read_full and write make progress across calls).
-    pub done: usize,
-    pub timer: u32,
-    pub kind: Kind,
+    done: u32,
+    /// Kind in the top two bits, timer id (or `NO_TIMER`) below.
+    meta: u32,
+}
+
+const KIND_SHIFT: u32 = 30;
+const TIMER_MASK: u32 = (1 << KIND_SHIFT) - 1;
+
+/// The largest buffer a request may carry: progress is counted in a `u32`.
+pub(crate) const MAX_BUF: usize = u32::MAX as usize;
+
+impl<C> Req<C> {
+    pub fn new(buf: Option<Vec<u8>>, ctx: C, kind: Kind) -> Req<C> {
+        debug_assert!(buf.as_ref().is_none_or(|b| b.len() <= MAX_BUF));
+        Req {
+            buf,
+            ctx,
+            done: 0,
+            meta: ((kind as u32) << KIND_SHIFT) | NO_TIMER,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.meta >> KIND_SHIFT {
+            0 => Kind::Read,
+            1 => Kind::ReadFull,
+            _ => Kind::Write,
+        }
+    }
+
+    pub fn timer(&self) -> u32 {
+        self.meta & TIMER_MASK
+    }
+
+    pub fn set_timer(&mut self, id: u32) {
+        debug_assert!(id <= TIMER_MASK);
+        self.meta = (self.meta & !TIMER_MASK) | id;
+    }
+
+    pub fn done(&self) -> usize {
+        self.done as usize
+    }
+
+    pub fn advance(&mut self, n: usize) {
+        self.done += n as u32;
+    }
 }
 
 #[derive(Debug)]
@@ -159,27 +205,30 @@ impl<C> Shared<C> {
 
     /// Moves every queued command into `out` (which must be empty), in submission
     /// order. `remote_buf` is scratch space kept by the caller to avoid allocating.
-    pub fn drain_into(&self, out: &mut Vec<Queued<C>>, remote_buf: &mut Vec<Queued<C>>) {
+    /// Returns how many commands came from other threads.
+    pub fn drain_into(&self, out: &mut Vec<Queued<C>>, remote_buf: &mut Vec<Queued<C>>) -> usize {
         debug_assert!(out.is_empty());
         std::mem::swap(&mut *self.local(), out);
         if self.remote.is_empty() {
-            return;
+            return 0;
         }
         while let Some(q) = self.remote.pop() {
             remote_buf.push(q);
         }
+        let remote = remote_buf.len();
         // Concurrent producers can push out of number order; order them, then merge
         // with the local run (already in order).
         remote_buf.sort_unstable_by_key(|q| q.seq);
         if out.is_empty() {
             std::mem::swap(out, remote_buf);
-            return;
+            return remote;
         }
         let local_len = out.len();
         out.append(remote_buf);
         if out[local_len - 1].seq > out[local_len].seq {
             out.sort_unstable_by_key(|q| q.seq);
         }
+        remote
     }
 
     /// Marks the watcher closed and closes the waker's fd.
@@ -270,16 +319,17 @@ impl<C> Submitter<C> {
         kind: Kind,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        if buf.as_ref().is_some_and(|b| b.is_empty()) {
-            return Err(Error::EmptyBuffer);
+        match buf.as_ref().map(Vec::len) {
+            Some(0) => return Err(Error::EmptyBuffer),
+            Some(n) if n > MAX_BUF => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a request's buffer must be under 4 GiB",
+                )));
+            }
+            _ => {}
         }
-        let req = Req {
-            buf,
-            ctx,
-            done: 0,
-            timer: NO_TIMER,
-            kind,
-        };
+        let req = Req::new(buf, ctx, kind);
         self.shared.push(Cmd::Submit {
             conn,
             req,

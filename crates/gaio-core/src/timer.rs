@@ -12,8 +12,9 @@ pub(crate) enum Dir {
     Write,
 }
 
-/// Timer id stored in a request; `NO_TIMER` when it has no deadline.
-pub(crate) const NO_TIMER: u32 = u32::MAX;
+/// Timer id stored in a request; `NO_TIMER` when it has no deadline. Ids fit in
+/// 30 bits (the request keeps its kind in the other two).
+pub(crate) const NO_TIMER: u32 = (1 << 30) - 1;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Expired {
@@ -64,7 +65,7 @@ impl Timers {
                 (self.entries.len() - 1) as u32
             }
         };
-        debug_assert!(id != NO_TIMER);
+        assert!(id < NO_TIMER, "over 2^30 deadlines armed at once");
         self.heap.push(id);
         self.sift_up(pos as usize);
         id

@@ -40,7 +40,7 @@ pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// [`IOV_MAX`](crate::IOV_MAX) slices are passed; the rest are ignored.
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     let n = bufs.len().min(crate::IOV_MAX) as libc::c_int;
     // IoSlice is ABI-compatible with iovec on unix (documented by std).
@@ -241,7 +241,7 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
 pub enum FdKind {
     /// A stream socket (TCP, Unix stream): pollable, written with [`send`].
     Socket,
-    /// A pipe or FIFO: pollable, written with [`write`].
+    /// A pipe or FIFO: pollable, written with [`write()`].
     Pipe,
     /// Anything the poller refuses or that is not a byte stream: regular files,
     /// directories, datagram sockets, devices.

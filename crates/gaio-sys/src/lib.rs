@@ -7,7 +7,7 @@
 //!   with a 64-bit token; [`Poller::wait`] fills [`Events`].
 //! * [`Waker`]: wakes a [`Poller::wait`] blocked in another thread. Wakes that happen
 //!   before the poller next waits coalesce into one event.
-//! * Nonblocking calls on raw fds: [`read`], [`send`], [`write`], [`sendv`], [`writev`],
+//! * Nonblocking calls on raw fds: [`read`], [`send`], [`write()`], [`sendv`], [`writev`],
 //!   [`accept`], [`set_nonblocking`], [`fd_kind`]. `EINTR` is retried inside; `EAGAIN`
 //!   comes back as [`std::io::ErrorKind::WouldBlock`]; [`send`] and [`sendv`] never raise
 //!   `SIGPIPE`.

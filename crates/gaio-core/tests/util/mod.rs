@@ -201,7 +201,7 @@ pub fn spawn_echo(streams: Vec<TcpStream>, mode: ReadMode) -> std::thread::JoinH
             let owned = match mode {
                 ReadMode::Swap => false,
                 ReadMode::Owned(_) => true,
-                ReadMode::Mixed => conn.slot().wrapping_mul(2_654_435_761) % 3 == 0,
+                ReadMode::Mixed => conn.slot().wrapping_mul(2_654_435_761).is_multiple_of(3),
             };
             let size = if let ReadMode::Owned(s) = mode {
                 s

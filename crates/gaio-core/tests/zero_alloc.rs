@@ -1,0 +1,159 @@
+//! Memory: no heap allocation per request or completion once warm, and an idle
+//! connection with a pending swap read costs at most 128 bytes of heap.
+//!
+//! A counting global allocator counts only on threads that opt in, so the client
+//! threads and the test harness do not disturb the figures.
+
+mod util;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gaio_core::{Buffer, Op, Watcher};
+use util::*;
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counting() -> bool {
+    COUNTING.try_with(Cell::get).unwrap_or(false)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters
+// are atomics and the thread-local is const-initialised (no allocation inside).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if counting() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if counting() {
+            LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if counting() {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn count_here(on: bool) {
+    COUNTING.with(|c| c.set(on));
+}
+
+#[test]
+fn echo_steady_state_allocates_nothing() {
+    let _serial = serial();
+    const WARM: usize = 1_000;
+    const COUNTED: usize = 10_000;
+    let (mut c, s) = tcp_pair();
+    s.set_nodelay(true).unwrap();
+    let client = std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        for i in 0..WARM + COUNTED {
+            let msg = pattern(i, 128);
+            c.write_all(&msg).unwrap();
+            c.read_exact(&mut buf).unwrap();
+            assert!(buf[..] == msg[..], "round trip {i} echoed wrong bytes");
+        }
+    });
+
+    let mut w: Watcher<u32> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read(conn, 0, None).unwrap();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut trips = 0;
+    let mut allocs_at_start = 0;
+    while trips < WARM + COUNTED {
+        if trips == WARM {
+            allocs_at_start = ALLOCS.load(Ordering::Relaxed);
+            count_here(true);
+        }
+        for res in w.wait_io_timeout(PATIENCE).unwrap() {
+            assert!(res.result.is_ok(), "{:?}", res.result);
+            match res.op {
+                Op::Read => {
+                    assert!(res.size > 0, "client closed early");
+                    let mut out = spare.pop().unwrap_or_default();
+                    out.extend_from_slice(res.data());
+                    tx.write(res.conn, 1, out).unwrap();
+                }
+                Op::Write => {
+                    if let Buffer::Owned(mut v) = res.buffer {
+                        v.clear();
+                        spare.push(v);
+                    }
+                    // A message is 128 bytes; count a round trip per 128 written.
+                    trips += res.size / 128;
+                    tx.read(res.conn, 0, None).unwrap();
+                }
+            }
+        }
+    }
+    count_here(false);
+    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_at_start;
+    client.join().unwrap();
+    assert_eq!(
+        allocs, 0,
+        "{allocs} heap allocations in {COUNTED} echo round trips"
+    );
+}
+
+#[test]
+fn idle_connection_with_pending_swap_read_costs_at_most_128_bytes() {
+    let _serial = serial();
+    raise_fd_limit();
+    const N: usize = 4096;
+    let pairs = tcp_pairs(N);
+    let (clients, servers): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+    // A usize ctx: what a server would keep to find its session.
+    let mut w: Watcher<usize> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let _ = w.wait_io_timeout(Duration::ZERO).unwrap().count();
+
+    count_here(true);
+    let before = LIVE.load(Ordering::Relaxed);
+    for (i, s) in servers.into_iter().enumerate() {
+        let conn = w.register(s).unwrap();
+        tx.read(conn, i, None).unwrap();
+    }
+    // Let the reads start (each finds nothing and parks on readiness), then let the
+    // burst's command buffers shrink back.
+    for _ in 0..200 {
+        assert_eq!(w.wait_io_timeout(Duration::ZERO).unwrap().count(), 0);
+    }
+    let per_conn = (LIVE.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    count_here(false);
+    assert_eq!(w.stats().pending_reads, N);
+    println!("heap per idle connection with a pending swap read: {per_conn:.1} B");
+    assert!(per_conn <= 128.0, "{per_conn:.1} B per idle connection");
+    drop(clients);
+}
