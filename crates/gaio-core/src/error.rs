@@ -15,8 +15,8 @@ pub enum Error {
     /// The request's deadline passed before it finished; the completion's `size`
     /// says how many bytes moved before that.
     Deadline,
-    /// The connection was freed (before or while this request was pending), or the
-    /// `Conn` is stale.
+    /// The connection was freed (before or while this request was pending), the
+    /// `Conn` is stale, or it belongs to another watcher.
     ConnClosed,
     /// The watcher was closed or dropped.
     WatcherClosed,

@@ -86,9 +86,16 @@
 //! * **Tokens, not fds.** A [`Conn`] names a slot and a generation; a freed `Conn`
 //!   never reaches a newer connection that reuses the slot or the fd number.
 //! * **Deadlines** never fire early; a deadline already past completes at the next
-//!   `wait_io`. They cost O(log n) to arm, cancel and fire.
+//!   `wait_io`. They cost O(log n) in the number of armed deadlines to arm, cancel
+//!   and fire, plus a scan of the connection's own queue when the request that
+//!   expires is not first in line.
 //! * **Signals.** Sockets are written with `MSG_NOSIGNAL` (`SO_NOSIGPIPE` on
-//!   BSD/macOS): a reset peer is an `Err`, never a `SIGPIPE`.
+//!   BSD/macOS): a reset peer is an `Err`, never a `SIGPIPE`. Pipes have no such
+//!   flag: a write to a pipe whose reader is gone raises `SIGPIPE` unless the
+//!   process ignores it — Rust programs do by default, C hosts may not.
+//! * **Allocation.** Requests from the thread that drives the watcher, and their
+//!   completions, allocate nothing once warm. Requests from other threads go
+//!   through a lock-free `SegQueue`, which allocates a block per 31 submissions.
 #![forbid(unsafe_code)]
 
 mod error;
@@ -98,15 +105,17 @@ mod timer;
 mod watcher;
 
 pub use error::{Error, Result};
-pub use submit::Submitter;
+pub use submit::{ConnCounts, Submitter};
 pub use watcher::{Buffer, Builder, Completion, Completions, Op, Stats, Watcher};
 
 /// A registered connection: a slot in the watcher's table and the generation of
-/// that slot, so a token for a freed connection can never act on a newer one.
+/// that slot, so a token for a freed connection can never act on a newer one, plus
+/// the watcher's id, so it cannot act on another watcher's connection either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Conn {
     pub(crate) slot: u32,
     pub(crate) generation: u32,
+    pub(crate) watcher: u32,
 }
 
 impl Conn {

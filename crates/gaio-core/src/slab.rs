@@ -21,6 +21,9 @@ pub(crate) const SWAP_WAIT: u8 = 8;
 /// The slot got new requests in the command batch being applied: its queues run
 /// once the whole batch is in, so a burst of writes leaves in one `writev`.
 pub(crate) const DIRTY: u8 = 16;
+/// The peer hung up or reset: reads continue until they see EOF or the error, even
+/// after a short read (which would otherwise clear `READABLE`).
+pub(crate) const HUP: u8 = 32;
 
 /// Requests beyond the first of each direction.
 #[derive(Debug)]
@@ -112,6 +115,14 @@ impl<C> Slab<C> {
                 .push((0..CHUNK).map(|_| Slot::vacant()).collect());
         }
         &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Slot<C>)> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .enumerate()
+            .map(|(i, s)| (i as u32, s))
     }
 
     pub fn clear(&mut self) {

@@ -98,6 +98,8 @@ pub(crate) enum Cmd<C> {
     },
     Free(Conn),
     Register(Conn, OwnedFd, FdKind),
+    /// Make `wait_io` return, even with an empty batch.
+    Wake,
 }
 
 #[derive(Debug)]
@@ -129,8 +131,13 @@ pub(crate) fn thread_tag() -> u64 {
     })
 }
 
+static NEXT_WATCHER_ID: AtomicU32 = AtomicU32::new(0);
+
 #[derive(Debug)]
 pub(crate) struct Shared<C> {
+    /// Process-unique id, carried in every `Conn`: a `Conn` handed to another
+    /// watcher (easy with a pool) is refused instead of reaching a stranger's slot.
+    pub id: u32,
     /// `None` once the watcher closed: its fd must not outlive the watcher just
     /// because a `Submitter` is still around. Read-locked only to wake a parked
     /// watcher, which is rare by design.
@@ -146,11 +153,45 @@ pub(crate) struct Shared<C> {
     pub closed: AtomicBool,
     next_slot: AtomicU32,
     free_slots: SegQueue<Conn>,
+    pub counts: ConnCounts,
+}
+
+/// Live-connection count of one watcher, readable from any thread (e.g. by a load
+/// balancer). A connection counts from the moment `register` returns its `Conn`
+/// until the watcher has processed its `free`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnCounts {
+    inner: Arc<CountsInner>,
+}
+
+#[derive(Debug, Default)]
+struct CountsInner {
+    opened: AtomicU64,
+    closed: AtomicU64,
+}
+
+impl ConnCounts {
+    /// Connections registered and not yet freed.
+    pub fn live(&self) -> usize {
+        // Read `closed` first: a concurrent open can only make the result larger.
+        let closed = self.inner.closed.load(Ordering::Acquire);
+        let opened = self.inner.opened.load(Ordering::Acquire);
+        opened.saturating_sub(closed) as usize
+    }
+
+    pub(crate) fn opened(&self) {
+        self.inner.opened.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn closed(&self, n: u64) {
+        self.inner.closed.fetch_add(n, Ordering::Release);
+    }
 }
 
 impl<C> Shared<C> {
     pub fn new(waker: Waker) -> Shared<C> {
         Shared {
+            id: NEXT_WATCHER_ID.fetch_add(1, Ordering::Relaxed),
             waker: RwLock::new(Some(waker)),
             remote: SegQueue::new(),
             local: Mutex::new(Vec::new()),
@@ -160,6 +201,7 @@ impl<C> Shared<C> {
             closed: AtomicBool::new(false),
             next_slot: AtomicU32::new(0),
             free_slots: SegQueue::new(),
+            counts: ConnCounts::default(),
         }
     }
 
@@ -186,8 +228,10 @@ impl<C> Shared<C> {
         fence(Ordering::SeqCst);
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
             let waker = self.waker.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(w) = waker.as_ref() {
-                w.wake()?;
+            if let Some(Err(e)) = waker.as_ref().map(Waker::wake) {
+                // The command is queued: reporting Err would break "refused or
+                // completed, never both". The next wake or poll picks it up.
+                tracing::error!(error = %e, "gaio: could not wake the watcher");
             }
         }
         if self.closed.load(Ordering::Acquire) {
@@ -212,8 +256,12 @@ impl<C> Shared<C> {
         if self.remote.is_empty() {
             return 0;
         }
-        while let Some(q) = self.remote.pop() {
-            remote_buf.push(q);
+        // Bounded: producers that keep pushing cannot hold the watcher here.
+        for _ in 0..self.remote.len() {
+            match self.remote.pop() {
+                Some(q) => remote_buf.push(q),
+                None => break,
+            }
         }
         let remote = remote_buf.len();
         // Concurrent producers can push out of number order; order them, then merge
@@ -257,10 +305,12 @@ impl<C> Shared<C> {
         let conn = self.free_slots.pop().unwrap_or_else(|| Conn {
             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
             generation: 0,
+            watcher: self.id,
         });
         if conn.slot == u32::MAX {
             return Err(Error::Io(std::io::Error::other("too many connections")));
         }
+        self.counts.opened();
         Ok((conn, fd, kind))
     }
 
@@ -319,6 +369,9 @@ impl<C> Submitter<C> {
         kind: Kind,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        if conn.watcher != self.shared.id {
+            return Err(Error::ConnClosed);
+        }
         match buf.as_ref().map(Vec::len) {
             Some(0) => return Err(Error::EmptyBuffer),
             Some(n) if n > MAX_BUF => {
@@ -430,7 +483,25 @@ impl<C> Submitter<C> {
     /// # Errors
     /// [`Error::WatcherClosed`].
     pub fn free(&self, conn: Conn) -> Result<()> {
+        if conn.watcher != self.shared.id {
+            return Err(Error::ConnClosed);
+        }
         self.shared.push(Cmd::Free(conn))
+    }
+
+    /// Makes the watcher's current (or next) `wait_io` return, with an empty batch if
+    /// nothing completed: for a thread that drives the watcher and also has other
+    /// work to pick up, such as new connections handed over by an acceptor.
+    ///
+    /// # Errors
+    /// [`Error::WatcherClosed`].
+    pub fn wake(&self) -> Result<()> {
+        self.shared.push(Cmd::Wake)
+    }
+
+    /// The watcher's live-connection count, readable from any thread.
+    pub fn conn_counts(&self) -> ConnCounts {
+        self.shared.counts.clone()
     }
 
     /// Whether the watcher has been closed or dropped.

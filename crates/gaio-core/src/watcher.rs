@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gaio_sys::{Events, FdKind, IOV_MAX, Poller, Waker};
 
-use crate::slab::{DIRTY, READABLE, SOCKET, SWAP_WAIT, Slab, Slot, WRITABLE};
+use crate::slab::{DIRTY, HUP, READABLE, SOCKET, SWAP_WAIT, Slab, Slot, WRITABLE};
 use crate::submit::{Cmd, Kind, Queued, Req, Shared, Submitter, WAKE_TOKEN, thread_tag, token};
 use crate::timer::{Dir, NO_TIMER, Timers};
 use crate::{Conn, Error, Result};
@@ -149,6 +149,8 @@ pub struct Stats {
     pub timers: usize,
     /// Completions produced since the watcher was built.
     pub completions: u64,
+    /// Connections freed since the watcher was built (by `free` or `free_all`).
+    pub freed: u64,
     /// System calls the watcher made on its own thread (poll, read, write, close).
     pub syscalls: u64,
 }
@@ -233,12 +235,14 @@ impl Builder {
         let poller = Poller::new()?;
         let waker = Waker::new(&poller, WAKE_TOKEN)?;
         let shared = Arc::new(Shared::new(waker));
+        let id = shared.id;
         Ok(Watcher {
             shared,
             poller,
             slots: Slab::new(),
             events: Events::with_capacity(self.events),
             eng: Engine {
+                watcher: id,
                 swap: vec![0; self.swap].into_boxed_slice(),
                 swap_used: 0,
                 // Do not start a swap read into a sliver: a tiny read costs a syscall
@@ -261,6 +265,7 @@ impl Builder {
             cpu: self.cpu,
             pinned_on: 0,
             busy_poll: self.busy_poll,
+            woken: false,
             closed: false,
         })
     }
@@ -270,6 +275,8 @@ impl Builder {
 /// can be borrowed mutably at once.
 #[derive(Debug)]
 struct Engine<C> {
+    /// Id of the watcher, for the `Conn`s of completions.
+    watcher: u32,
     swap: Box<[u8]>,
     swap_used: usize,
     swap_min: usize,
@@ -304,6 +311,8 @@ pub struct Watcher<C> {
     /// Thread tag the watcher was last pinned on (0: never).
     pinned_on: u64,
     busy_poll: Option<Duration>,
+    /// A `Submitter::wake` arrived: return from `wait_io` even with no completions.
+    woken: bool,
     closed: bool,
 }
 
@@ -346,9 +355,10 @@ impl<C> Watcher<C> {
         Ok(conn)
     }
 
-    /// Closes `conn` now. Pending requests on it complete with
-    /// [`Error::ConnClosed`] in the next `wait_io`. Freeing a stale `Conn` does
-    /// nothing.
+    /// Closes `conn` now (a connection registered through a [`Submitter`] that the
+    /// watcher has not taken over yet: right after it does). Pending requests on it
+    /// complete with [`Error::ConnClosed`] in the next `wait_io`. Freeing a stale
+    /// `Conn` does nothing.
     ///
     /// # Errors
     /// [`Error::WatcherClosed`].
@@ -356,7 +366,43 @@ impl<C> Watcher<C> {
         if self.closed {
             return Err(Error::WatcherClosed);
         }
-        self.free_conn(conn);
+        let register_queued = match self.slots.get_mut(conn.slot) {
+            None => conn.watcher == self.shared.id,
+            Some(s) => s.generation == conn.generation && s.fd.is_none(),
+        };
+        if register_queued {
+            // Registered through a Submitter and not taken over yet: free it right
+            // after its registration, in queue order.
+            self.shared.push(Cmd::Free(conn))
+        } else {
+            self.free_conn(conn);
+            Ok(())
+        }
+    }
+
+    /// Frees every registered connection now, as [`free`](Self::free) does for one:
+    /// their pending requests complete with [`Error::ConnClosed`] in the next
+    /// `wait_io`. For a graceful shutdown that still reports every request.
+    ///
+    /// # Errors
+    /// [`Error::WatcherClosed`].
+    pub fn free_all(&mut self) -> Result<()> {
+        if self.closed {
+            return Err(Error::WatcherClosed);
+        }
+        let live: Vec<Conn> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.fd.is_some())
+            .map(|(slot, s)| Conn {
+                slot,
+                generation: s.generation,
+                watcher: self.shared.id,
+            })
+            .collect();
+        for conn in live {
+            self.free_conn(conn);
+        }
         Ok(())
     }
 
@@ -368,8 +414,8 @@ impl<C> Watcher<C> {
         }
     }
 
-    /// Blocks until at least one request completes, performs the I/O that is
-    /// ready, and returns the batch.
+    /// Blocks until at least one request completes (or a [`Submitter::wake`]),
+    /// performs the I/O that is ready, and returns the batch.
     ///
     /// # Errors
     /// [`Error::WatcherClosed`] after [`close`](Self::close);
@@ -408,6 +454,7 @@ impl<C> Watcher<C> {
         self.eng.swap_waiters.clear();
         self.eng.timers = Timers::default();
         self.cmds.clear();
+        self.shared.counts.closed(self.eng.stats.conns as u64);
         self.eng.stats.conns = 0;
         self.eng.stats.pending_reads = 0;
         self.eng.stats.pending_writes = 0;
@@ -421,9 +468,11 @@ impl<C> Watcher<C> {
             tracing::debug!(slot = conn.slot, error = %e, "gaio register refused by the poller");
             // Retire this generation: requests on `conn` complete with ConnClosed.
             s.generation = conn.generation.wrapping_add(1);
+            self.shared.counts.closed(1);
             self.shared.release_slot(Conn {
                 slot: conn.slot,
                 generation: s.generation,
+                watcher: conn.watcher,
             });
             return Err(if e.raw_os_error() == Some(EPERM) {
                 Error::Unsupported
@@ -471,6 +520,9 @@ impl<C> Watcher<C> {
             let now = Instant::now();
             self.run_commands(now);
             self.expire(now);
+            if std::mem::take(&mut self.woken) && self.eng.done.is_empty() {
+                break;
+            }
             if !self.eng.done.is_empty() {
                 // Completions already: return them without a poll, but poll (without
                 // blocking) every other batch so readiness cannot starve.
@@ -480,10 +532,9 @@ impl<C> Watcher<C> {
                 self.skipped_poll = !self.skipped_poll;
                 break;
             }
-            if until.is_some_and(|u| now >= u) {
-                break;
-            }
-            let mut timeout = until.map(|u| u - now);
+            // Poll at least once per call, even when `until` has passed
+            // (`wait_io_timeout(ZERO)` is a non-blocking check, not a no-op).
+            let mut timeout = until.map(|u| u.saturating_duration_since(now));
             if let Some(next) = self.eng.timers.next() {
                 let d = next.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -492,7 +543,9 @@ impl<C> Watcher<C> {
                 self.dispatch();
             }
             self.skipped_poll = false;
-            if !self.eng.done.is_empty() {
+            let now = Instant::now();
+            self.expire(now);
+            if !self.eng.done.is_empty() || until.is_some_and(|u| now >= u) {
                 break;
             }
         }
@@ -566,6 +619,11 @@ impl<C> Watcher<C> {
             if ev.is_writable() || hup {
                 ready |= WRITABLE;
             }
+            if hup {
+                // Sticky: the FIN (or RST) arrived with this edge and no later edge
+                // will announce it, so reads must go on until they see it.
+                ready |= HUP;
+            }
             s.flags |= ready;
             if ready & READABLE != 0 && s.read.is_some() {
                 self.eng.do_reads(s, slot);
@@ -610,6 +668,7 @@ impl<C> Watcher<C> {
                 deadline,
             } => self.submit(conn, req, deadline, now),
             Cmd::Free(conn) => self.free_conn(conn),
+            Cmd::Wake => self.woken = true,
             Cmd::Register(conn, fd, kind) => {
                 if let Err(e) = self.install(conn, fd, kind) {
                     tracing::error!(slot = conn.slot, error = %e, "gaio: could not watch a registered fd; it was closed");
@@ -635,6 +694,7 @@ impl<C> Watcher<C> {
             .slots
             .get_mut(conn.slot)
             .filter(|s| s.generation == conn.generation && s.fd.is_some())
+            .filter(|_| conn.watcher == self.shared.id)
         else {
             eng.finish(conn, op, req, 0, Err(Error::ConnClosed), 0);
             return;
@@ -665,10 +725,18 @@ impl<C> Watcher<C> {
             .slots
             .get_mut(conn.slot)
             .filter(|s| s.generation == conn.generation && s.fd.is_some())
+            .filter(|_| conn.watcher == self.shared.id)
         else {
             return;
         };
         let eng = &mut self.eng;
+        if s.flags & DIRTY != 0 {
+            // Requests from the batch being applied run before the close, as they
+            // would have had they arrived in an earlier batch: the outcome of
+            // `write; free` must not depend on batch boundaries.
+            eng.do_reads(s, conn.slot);
+            eng.do_writes(s, conn.slot);
+        }
         if let Some(fd) = s.fd.take() {
             // Deregister explicitly: a dup of the fd elsewhere would keep the
             // registration (and its events) alive past close.
@@ -692,6 +760,8 @@ impl<C> Watcher<C> {
         s.flags = 0;
         s.generation = s.generation.wrapping_add(1);
         eng.stats.conns -= 1;
+        eng.stats.freed += 1;
+        self.shared.counts.closed(1);
         tracing::debug!(
             slot = conn.slot,
             generation = conn.generation,
@@ -702,6 +772,7 @@ impl<C> Watcher<C> {
         self.shared.release_slot(Conn {
             slot: conn.slot,
             generation: s.generation,
+            watcher: conn.watcher,
         });
     }
 
@@ -714,6 +785,7 @@ impl<C> Watcher<C> {
             let conn = Conn {
                 slot: t.slot,
                 generation: t.generation,
+                watcher: self.shared.id,
             };
             let (req, was_head) = match t.dir {
                 Dir::Read => {
@@ -853,6 +925,7 @@ impl<C> Engine<C> {
         let conn = Conn {
             slot,
             generation: s.generation,
+            watcher: self.watcher,
         };
         loop {
             if s.flags & READABLE == 0 {
@@ -892,7 +965,7 @@ impl<C> Engine<C> {
                     (req.done(), res)
                 }
                 Ok(n) => {
-                    if SHORT_IO_CLEARS_READINESS && n < want {
+                    if SHORT_IO_CLEARS_READINESS && n < want && s.flags & HUP == 0 {
                         s.flags &= !READABLE;
                     }
                     if req.buf.is_none() {
@@ -923,6 +996,7 @@ impl<C> Engine<C> {
         let conn = Conn {
             slot,
             generation: s.generation,
+            watcher: self.watcher,
         };
         loop {
             if s.flags & WRITABLE == 0 {

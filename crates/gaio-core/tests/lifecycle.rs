@@ -226,3 +226,65 @@ fn results_carry_op_and_conn() {
     let d = one(&mut w);
     assert_eq!((d.op, d.conn, d.size), (Op::Write, conn, 2));
 }
+
+#[test]
+fn wake_from_another_thread_returns_an_empty_batch() {
+    let _serial = serial();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let waker = std::thread::spawn(move || {
+        started.recv().unwrap();
+        tx.wake().unwrap();
+    });
+    started_tx.send(()).unwrap();
+    // Blocks with no timeout: only the wake can end it.
+    assert_eq!(w.wait_io().unwrap().count(), 0);
+    waker.join().unwrap();
+}
+
+#[test]
+fn free_all_completes_every_pending_request() {
+    let _serial = serial();
+    let pairs = tcp_pairs(10);
+    let mut w: Watcher<usize> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let mut clients = Vec::new();
+    for (i, (c, s)) in pairs.into_iter().enumerate() {
+        let conn = w.register(s).unwrap();
+        tx.read(conn, i, None).unwrap();
+        tx.write(conn, i, vec![0; 16 << 20]).unwrap();
+        clients.push(c);
+    }
+    let _ = w
+        .wait_io_timeout(Duration::from_millis(10))
+        .unwrap()
+        .count();
+    w.free_all().unwrap();
+    let done = collect(&mut w, 20);
+    assert!(
+        done.iter()
+            .all(|d| matches!(d.result, Err(Error::ConnClosed)))
+    );
+    let st = w.stats();
+    assert_eq!(
+        (st.conns, st.freed, st.pending_reads, st.pending_writes),
+        (0, 10, 0, 0)
+    );
+}
+
+/// Regression: `Watcher::free` of a connection registered through a Submitter but
+/// not yet taken over did nothing, and the registration then leaked the fd.
+#[test]
+fn watcher_free_right_after_submitter_register() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = tx.register(s).unwrap();
+    w.free(conn).unwrap();
+    let _ = w.wait_io_timeout(Duration::ZERO).unwrap().count();
+    assert_eq!(w.stats().conns, 0);
+    let mut buf = [0u8; 1];
+    assert_eq!(c.read(&mut buf).unwrap(), 0, "the fd was closed");
+}

@@ -307,3 +307,105 @@ fn socket_options_survive_registration() {
     );
     assert_ne!(raw, -1);
 }
+
+/// Regression: data and FIN collected in one edge, a short read cleared the cached
+/// readiness, and the next read waited forever for an edge that never comes.
+#[test]
+fn short_read_then_peer_close_still_reports_eof() {
+    let _serial = serial();
+    for full in [false, true] {
+        let (mut c, s) = tcp_pair();
+        let mut w: Watcher<()> = Watcher::new().unwrap();
+        let tx = w.submitter();
+        let conn = w.register(s).unwrap();
+        tx.read(conn, (), Some(vec![0; 64])).unwrap();
+        // The read finds nothing and the watcher forgets readiness.
+        assert_eq!(w.wait_io_timeout(Duration::ZERO).unwrap().count(), 0);
+        c.write_all(b"hi").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let d = collect_within(&mut w, 1, Duration::from_secs(10))
+            .pop()
+            .unwrap();
+        assert_eq!(d.data, b"hi");
+        if full {
+            tx.read_full(conn, (), vec![0; 8], None).unwrap();
+            let d = collect_within(&mut w, 1, Duration::from_secs(10))
+                .pop()
+                .unwrap();
+            assert!(
+                matches!(d.result, Err(Error::Io(ref e)) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+            );
+        } else {
+            tx.read(conn, (), None).unwrap();
+            let d = collect_within(&mut w, 1, Duration::from_secs(10))
+                .pop()
+                .unwrap();
+            assert!(d.result.is_ok() && d.size == 0, "EOF after the short read");
+        }
+    }
+}
+
+/// Regression: `wait_io_timeout(ZERO)` returned before polling, so a loop of
+/// non-blocking checks never saw new readiness.
+#[test]
+fn zero_timeout_wait_still_polls() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.read(conn, (), None).unwrap();
+    assert_eq!(w.wait_io_timeout(Duration::ZERO).unwrap().count(), 0);
+    c.write_all(b"later").unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < end,
+            "non-blocking waits never saw the data"
+        );
+        let got: Vec<Vec<u8>> = w
+            .wait_io_timeout(Duration::ZERO)
+            .unwrap()
+            .map(|c| c.data().to_vec())
+            .collect();
+        if let Some(d) = got.first() {
+            assert_eq!(d, b"later");
+            break;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Regression: a write and a free in one batch dropped the write unattempted,
+/// while the same two calls in two batches sent it.
+#[test]
+fn write_then_free_in_one_batch_sends_the_write() {
+    let _serial = serial();
+    let (mut c, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    tx.write(conn, (), b"bye".to_vec()).unwrap();
+    tx.free(conn).unwrap();
+    let d = one(&mut w);
+    assert!(d.result.is_ok(), "{:?}", d.result);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"bye");
+}
+
+#[test]
+fn conn_of_another_watcher_is_refused() {
+    let _serial = serial();
+    let (_c, s) = tcp_pair();
+    let mut a: Watcher<()> = Watcher::new().unwrap();
+    let b: Watcher<()> = Watcher::new().unwrap();
+    let conn = a.register(s).unwrap();
+    let tb = b.submitter();
+    assert!(matches!(tb.read(conn, (), None), Err(Error::ConnClosed)));
+    assert!(matches!(
+        tb.write(conn, (), vec![1]),
+        Err(Error::ConnClosed)
+    ));
+    assert!(matches!(tb.free(conn), Err(Error::ConnClosed)));
+}

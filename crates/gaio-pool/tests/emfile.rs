@@ -1,0 +1,80 @@
+//! Running out of fds at accept must not spin a core, and serving resumes when fds
+//! free up. Alone in its binary: it lowers this process's RLIMIT_NOFILE.
+
+mod util;
+
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use gaio_pool::Pool;
+use util::*;
+
+fn set_soft_limit(n: u64) {
+    // SAFETY: rlimit is plain data; getrlimit/setrlimit only read/write it.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        r.rlim_cur = n;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
+    }
+}
+
+/// CPU seconds (user + system) this process has used, read through a file opened
+/// before the fd limit was lowered.
+fn cpu_seconds(stat: &std::fs::File) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 1024];
+    let n = stat.read_at(&mut buf, 0).unwrap();
+    let stat = std::str::from_utf8(&buf[..n]).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are 12 and 13 after the command name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+#[test]
+fn emfile_at_accept_backs_off_and_recovers() {
+    let _serial = serial();
+    let (tx, rx) = channel();
+    let pool = echo_pool(Pool::builder().watchers(1).pin(false), tx);
+    let addr = pool.listen("127.0.0.1:0").unwrap();
+    // 30 clients; then only 10 more fds for the server side to accept into.
+    let mut clients: Vec<_> = (0..30)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // Wait for nothing: with the lower limit set, a few accept and then EMFILE.
+    let stat = std::fs::File::open("/proc/self/stat").unwrap();
+    let before_limit = fd_count() as u64;
+    set_soft_limit(before_limit + 10);
+    let first = {
+        let mut got = 0;
+        while rx.recv_timeout(Duration::from_millis(300)).is_ok() {
+            got += 1;
+        }
+        got
+    };
+    assert!(
+        first < 30,
+        "the fd limit must stop some accepts (got {first})"
+    );
+    // The acceptor is now out of fds with connections queued: it must not spin.
+    let cpu0 = cpu_seconds(&stat);
+    let quiet = rx.recv_timeout(Duration::from_millis(700));
+    let used = cpu_seconds(&stat) - cpu0;
+    assert!(quiet.is_err(), "nothing can be accepted while out of fds");
+    assert!(
+        used < 0.35,
+        "{used:.2} CPU-seconds in 0.7 s while out of fds: a busy loop"
+    );
+    // Existing connections are still served.
+    let served = first.min(clients.len());
+    assert!(served > 0);
+    // Free fds: the backlog is accepted and served.
+    set_soft_limit(20_000);
+    let rest = wait_notes(&rx, 30 - first, |n| matches!(n, Note::Connected { .. }));
+    assert_eq!(rest.len(), 30 - first);
+    for (i, c) in clients.iter_mut().enumerate() {
+        echo_once(c, &pattern(i, 32));
+    }
+}
