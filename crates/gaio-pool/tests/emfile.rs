@@ -39,14 +39,21 @@ fn emfile_at_accept_backs_off_and_recovers() {
     let (tx, rx) = channel();
     let pool = echo_pool(Pool::builder().watchers(1).pin(false), tx);
     let addr = pool.listen("127.0.0.1:0").unwrap();
-    // 30 clients; then only 10 more fds for the server side to accept into.
-    let mut clients: Vec<_> = (0..30)
-        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+    // 30 client sockets exist before the limit drops; connecting needs no new fd.
+    use socket2::{Domain, Socket, Type};
+    let socks: Vec<Socket> = (0..30)
+        .map(|_| Socket::new(Domain::IPV4, Type::STREAM, None).unwrap())
         .collect();
-    // Wait for nothing: with the lower limit set, a few accept and then EMFILE.
     let stat = std::fs::File::open("/proc/self/stat").unwrap();
-    let before_limit = fd_count() as u64;
-    set_soft_limit(before_limit + 10);
+    // Room for 10 accepted connections, then EMFILE.
+    set_soft_limit(fd_count() as u64 + 10);
+    let mut clients: Vec<std::net::TcpStream> = socks
+        .into_iter()
+        .map(|s| {
+            s.connect(&addr.into()).unwrap();
+            s.into()
+        })
+        .collect();
     let first = {
         let mut got = 0;
         while rx.recv_timeout(Duration::from_millis(300)).is_ok() {
