@@ -2,22 +2,70 @@
 //!
 //! Tasks:
 //! * `ci`: what `.ci/run` checks — `cargo fmt --check`, clippy with `-D warnings`,
-//!   `cargo doc` without warnings, and the whole test suite.
+//!   `cargo doc` without warnings, the whole test suite, and `bench --quick` as a
+//!   smoke test.
+//! * `bench [--quick] [--instructions]`: every echo server (gaio-core, gaio-pool,
+//!   tokio, a raw epoll loop) as its own process, driven by one load generator;
+//!   prints a Markdown table and writes `target/bench/report.md` and
+//!   `target/bench/regression.svg`.
+//! * `memcheck`: the gaio-sys and gaio-core tests under valgrind memcheck.
+//! * `soak [--secs N]`: a mixed workload against the gaio-pool echo server, with a
+//!   summary of operations, errors, RSS and fds.
 
+mod bench;
+mod load;
+mod memcheck;
+mod soak;
+
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 const HELP: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci      fmt --check, clippy -D warnings, doc, and cargo test --workspace
-  help    this text
+  ci                              fmt --check, clippy -D warnings, doc, cargo test --workspace,
+                                  then bench --quick as a smoke test
+  bench [--quick] [--instructions]
+                                  echo servers side by side (gaio-core, gaio-pool, tokio, raw epoll);
+                                  --quick: under a minute; --instructions: callgrind counts per message
+  memcheck                        gaio-sys and gaio-core tests under valgrind memcheck (zero errors)
+  soak [--secs N]                 mixed echo + timeout + free load on the gaio-pool echo server
+                                  for N seconds (default 60), then a summary
+  help                            this text
 ";
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    let result = match task.as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => {
+            let mut set = bench::Settings {
+                quick: false,
+                instructions: false,
+            };
+            let mut bad = None;
+            for a in &args[1..] {
+                match a.as_str() {
+                    "--quick" => set.quick = true,
+                    "--instructions" => set.instructions = true,
+                    other => bad = Some(other.to_string()),
+                }
+            }
+            match bad {
+                Some(b) => Err(format!("unknown bench option {b}\n\n{HELP}")),
+                None => bench::bench(&root(), set),
+            }
+        }
+        Some("memcheck") => memcheck::memcheck(&root()),
+        Some("soak") => match args.get(1..) {
+            Some([flag, n]) if flag == "--secs" => match n.parse() {
+                Ok(secs) => soak::soak(&root(), secs),
+                Err(_) => Err(format!("--secs takes a number, not {n:?}")),
+            },
+            Some([]) | None => soak::soak(&root(), 60),
+            Some(other) => Err(format!("unknown soak options {other:?}\n\n{HELP}")),
+        },
         Some("help") | Some("-h") | Some("--help") => {
             print!("{HELP}");
             Ok(())
@@ -39,6 +87,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -54,13 +110,16 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
 }
 
 fn ci() -> Result<(), String> {
+    let root = root();
     run(
         "cargo fmt --check",
-        cargo().args(["fmt", "--all", "--", "--check"]),
+        cargo()
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]),
     )?;
     run(
         "cargo clippy",
-        cargo().args([
+        cargo().current_dir(&root).args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -72,8 +131,20 @@ fn ci() -> Result<(), String> {
     run(
         "cargo doc",
         cargo()
+            .current_dir(&root)
             .args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
-    run("cargo test", cargo().args(["test", "--workspace"]))
+    run(
+        "cargo test",
+        cargo().current_dir(&root).args(["test", "--workspace"]),
+    )?;
+    // Figures are printed, never asserted: timing belongs in benchmarks.
+    bench::bench(
+        &root,
+        bench::Settings {
+            quick: true,
+            instructions: false,
+        },
+    )
 }

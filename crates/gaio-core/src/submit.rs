@@ -215,8 +215,9 @@ impl<C> Shared<C> {
             return Err(Error::WatcherClosed);
         }
         // Coherence of one atomic gives every command that happens-after another a
-        // larger number, whichever thread or path either took.
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        // larger number, whichever thread or path either took. SeqCst because the
+        // watcher's park check reads this counter (see `has_queued`).
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         let q = Queued { seq, cmd };
         if self.owner.load(Ordering::Relaxed) == thread_tag() {
             self.local().push(q);
@@ -243,8 +244,20 @@ impl<C> Shared<C> {
         Ok(())
     }
 
-    pub fn has_queued(&self) -> bool {
-        !self.remote.is_empty() || !self.local().is_empty()
+    /// Shrinks the owner-thread queue to `target(capacity)`, if that says so.
+    pub fn shrink_local(&self, target: impl FnOnce(usize) -> Option<usize>) {
+        let mut local = self.local();
+        if let Some(to) = target(local.capacity()) {
+            local.shrink_to(to);
+        }
+    }
+
+    /// Whether commands were submitted beyond the `drained` the watcher has taken:
+    /// one atomic load, no lock. (The number is taken before a command is queued,
+    /// so for an instant this may say yes while the queue still looks empty; the
+    /// watcher then spins briefly instead of blocking, never the other way round.)
+    pub fn has_queued(&self, drained: u64) -> bool {
+        self.seq.load(Ordering::SeqCst) != drained
     }
 
     /// Moves every queued command into `out` (which must be empty), in submission

@@ -266,6 +266,9 @@ impl Builder {
             pinned_on: 0,
             busy_poll: self.busy_poll,
             woken: false,
+            drained: 0,
+            local_cap: 0,
+            now: None,
             closed: false,
         })
     }
@@ -313,6 +316,12 @@ pub struct Watcher<C> {
     busy_poll: Option<Duration>,
     /// A `Submitter::wake` arrived: return from `wait_io` even with no completions.
     woken: bool,
+    /// Commands taken from the queues so far (compared with the submission count).
+    drained: u64,
+    /// Capacity handed to the owner-thread queue at the last drain.
+    local_cap: usize,
+    /// This loop turn's clock reading, if taken.
+    now: Option<Instant>,
     closed: bool,
 }
 
@@ -515,11 +524,14 @@ impl<C> Watcher<C> {
         self.done_trim.after(&mut self.eng.done, used);
         // The previous batch's borrow of the swap buffer has ended.
         self.eng.swap_used = 0;
-        self.retry_swap_waiters();
+        if !self.eng.swap_waiters.is_empty() {
+            self.retry_swap_waiters();
+        }
         loop {
-            let now = Instant::now();
-            self.run_commands(now);
-            self.expire(now);
+            // The clock is read only when something needs it (deadlines, a timeout).
+            self.now = None;
+            self.run_commands();
+            self.expire();
             if std::mem::take(&mut self.woken) && self.eng.done.is_empty() {
                 break;
             }
@@ -534,18 +546,18 @@ impl<C> Watcher<C> {
             }
             // Poll at least once per call, even when `until` has passed
             // (`wait_io_timeout(ZERO)` is a non-blocking check, not a no-op).
-            let mut timeout = until.map(|u| u.saturating_duration_since(now));
+            let mut timeout = until.map(|u| u.saturating_duration_since(self.now()));
             if let Some(next) = self.eng.timers.next() {
-                let d = next.saturating_duration_since(now);
+                let d = next.saturating_duration_since(self.now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
             if self.poll(timeout)? {
                 self.dispatch();
             }
             self.skipped_poll = false;
-            let now = Instant::now();
-            self.expire(now);
-            if !self.eng.done.is_empty() || until.is_some_and(|u| now >= u) {
+            self.now = None;
+            self.expire();
+            if !self.eng.done.is_empty() || until.is_some_and(|u| self.now() >= u) {
                 break;
             }
         }
@@ -570,7 +582,7 @@ impl<C> Watcher<C> {
                     if !self.events.is_empty() {
                         return Ok(true);
                     }
-                    if shared.has_queued() {
+                    if shared.has_queued(self.drained) {
                         return Ok(false);
                     }
                     if start.elapsed() >= spin {
@@ -579,11 +591,19 @@ impl<C> Watcher<C> {
                     std::hint::spin_loop();
                 }
             }
+            self.cmds_trim.at_park(&mut self.cmds);
+            if self.local_cap > 256 {
+                shared.shrink_local(|cap| self.cmds_trim.idle_target(cap));
+                self.local_cap = 0;
+            }
+            self.remote_trim.at_park(&mut self.remote_buf);
+            self.dirty_trim.at_park(&mut self.dirty);
+            self.done_trim.at_park(&mut self.eng.done);
             // Pairs with the fence in `Shared::push`: a submitter either sees
             // `parked` and wakes us, or we see its command and do not block.
             shared.parked.store(true, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            if shared.has_queued() {
+            if shared.has_queued(self.drained) {
                 shared.parked.store(false, Ordering::Relaxed);
                 return Ok(false);
             }
@@ -634,13 +654,28 @@ impl<C> Watcher<C> {
         }
     }
 
-    fn run_commands(&mut self, now: Instant) {
+    /// The time, read once per loop turn and only if asked for.
+    fn now(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
+    }
+
+    fn run_commands(&mut self) {
+        if !self.shared.has_queued(self.drained) {
+            // An empty batch still counts for giving back burst buffers.
+            self.cmds_trim.after(&mut self.cmds, 0);
+            self.remote_trim.after(&mut self.remote_buf, 0);
+            self.dirty_trim.after(&mut self.dirty, 0);
+            return;
+        }
         let mut cmds = std::mem::take(&mut self.cmds);
+        // `local` receives this vector's capacity in the swap.
+        self.local_cap = cmds.capacity();
         let remote = self.shared.drain_into(&mut cmds, &mut self.remote_buf);
         self.remote_trim.after(&mut self.remote_buf, remote);
         let n = cmds.len();
+        self.drained += n as u64;
         for q in cmds.drain(..) {
-            self.apply(q.cmd, now);
+            self.apply(q.cmd);
         }
         self.cmds_trim.after(&mut cmds, n);
         let dirty = self.dirty.len();
@@ -660,13 +695,13 @@ impl<C> Watcher<C> {
         self.cmds = cmds;
     }
 
-    fn apply(&mut self, cmd: Cmd<C>, now: Instant) {
+    fn apply(&mut self, cmd: Cmd<C>) {
         match cmd {
             Cmd::Submit {
                 conn,
                 req,
                 deadline,
-            } => self.submit(conn, req, deadline, now),
+            } => self.submit(conn, req, deadline),
             Cmd::Free(conn) => self.free_conn(conn),
             Cmd::Wake => self.woken = true,
             Cmd::Register(conn, fd, kind) => {
@@ -677,7 +712,8 @@ impl<C> Watcher<C> {
         }
     }
 
-    fn submit(&mut self, conn: Conn, mut req: Req<C>, deadline: Option<Instant>, now: Instant) {
+    fn submit(&mut self, conn: Conn, mut req: Req<C>, deadline: Option<Instant>) {
+        let now = deadline.map(|_| self.now());
         let eng = &mut self.eng;
         let is_write = req.kind() == Kind::Write;
         let (op, dir) = if is_write {
@@ -699,7 +735,7 @@ impl<C> Watcher<C> {
             eng.finish(conn, op, req, 0, Err(Error::ConnClosed), 0);
             return;
         };
-        if let Some(at) = deadline {
+        if let (Some(at), Some(now)) = (deadline, now) {
             if at <= now {
                 eng.finish(conn, op, req, 0, Err(Error::Deadline), 0);
                 return;
@@ -776,7 +812,11 @@ impl<C> Watcher<C> {
         });
     }
 
-    fn expire(&mut self, now: Instant) {
+    fn expire(&mut self) {
+        if self.eng.timers.len() == 0 {
+            return;
+        }
+        let now = self.now();
         while let Some(t) = self.eng.timers.pop_expired(now) {
             let Some(s) = self.slots.get_mut(t.slot) else {
                 continue;
@@ -843,10 +883,13 @@ impl<C> Watcher<C> {
 #[derive(Debug, Default)]
 struct Trim {
     quiet: u32,
+    /// Entries the last batch used.
+    last: usize,
 }
 
 impl Trim {
     fn after<T>(&mut self, v: &mut Vec<T>, used: usize) {
+        self.last = used;
         let cap = v.capacity();
         if cap <= 256 {
             return; // small enough to keep; not evidence either way
@@ -859,6 +902,20 @@ impl Trim {
         if self.quiet >= 64 {
             self.quiet = 0;
             v.shrink_to((used * 2).max(64));
+        }
+    }
+
+    /// The capacity to shrink to when the watcher goes idle, if the last batch
+    /// used under an eighth of it: an idle server should not sit on the buffers
+    /// of its last burst (it may never run another batch to trigger `after`).
+    fn idle_target(&self, cap: usize) -> Option<usize> {
+        (cap > 256 && self.last < cap / 8).then(|| (self.last * 2).max(64))
+    }
+
+    fn at_park<T>(&mut self, v: &mut Vec<T>) {
+        if let Some(to) = self.idle_target(v.capacity()) {
+            v.shrink_to(to);
+            self.quiet = 0;
         }
     }
 }

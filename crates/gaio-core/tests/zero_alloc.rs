@@ -157,3 +157,37 @@ fn idle_connection_with_pending_swap_read_costs_at_most_128_bytes() {
     assert!(per_conn <= 128.0, "{per_conn:.1} B per idle connection");
     drop(clients);
 }
+
+/// A peer that never reads while we write 64 MiB: the write stays pending, the
+/// watcher's memory does not grow with it (the bytes stay in the caller's buffer),
+/// and write_timeout fires.
+#[test]
+fn pending_64mib_write_to_a_peer_that_never_reads_costs_no_memory() {
+    let _serial = serial();
+    let (_peer, s) = tcp_pair();
+    let mut w: Watcher<()> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    let big = vec![1u8; 64 << 20];
+    let _ = w.wait_io_timeout(Duration::ZERO).unwrap().count();
+    count_here(true);
+    let before = LIVE.load(Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_millis(300);
+    tx.write_timeout(conn, (), big, deadline).unwrap();
+    let mut grew = 0;
+    let mut result = None;
+    while result.is_none() {
+        for res in w.wait_io_timeout(PATIENCE).unwrap() {
+            result = Some((res.result.map_err(|e| e.is_deadline()), res.size));
+        }
+        grew = grew.max(LIVE.load(Ordering::Relaxed) - before);
+    }
+    count_here(false);
+    let (r, size) = result.unwrap();
+    assert_eq!(r, Err(true), "write_timeout fired");
+    assert!(size > 0 && size < 64 << 20);
+    assert!(
+        grew < 64 * 1024,
+        "the watcher's heap grew by {grew} B during a pending 64 MiB write"
+    );
+}

@@ -71,6 +71,7 @@ impl Poller {
     ///
     /// # Errors
     /// Whatever `epoll_wait` reports other than `EINTR`.
+    #[inline]
     pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
         events.list.clear();
         let cap = events.list.capacity().min(i32::MAX as usize) as i32;
@@ -107,11 +108,13 @@ impl Events {
     }
 
     /// How many events the last wait returned.
+    #[inline]
     pub fn len(&self) -> usize {
         self.list.len()
     }
 
     /// Whether the last wait returned no events.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
@@ -122,6 +125,7 @@ impl Events {
     }
 
     /// Iterates over the events of the last wait.
+    #[inline]
     pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
         self.list.iter().map(|e| Event {
             token: e.u64,
@@ -139,27 +143,32 @@ pub struct Event {
 
 impl Event {
     /// The token the fd was registered with.
+    #[inline]
     pub fn token(&self) -> u64 {
         self.token
     }
 
     /// Data (or EOF, or an error) can be read.
+    #[inline]
     pub fn is_readable(&self) -> bool {
         self.flags & (libc::EPOLLIN | libc::EPOLLPRI) as u32 != 0
     }
 
     /// Data can be written (or a write would fail at once).
+    #[inline]
     pub fn is_writable(&self) -> bool {
         self.flags & libc::EPOLLOUT as u32 != 0
     }
 
     /// The peer hung up or shut down its write side: reads return EOF once drained.
+    #[inline]
     pub fn is_read_closed(&self) -> bool {
         self.flags & (libc::EPOLLHUP | libc::EPOLLRDHUP) as u32 != 0
     }
 
     /// An error is pending on the fd (e.g. the peer reset the connection); the next
     /// read or write returns it.
+    #[inline]
     pub fn is_error(&self) -> bool {
         self.flags & libc::EPOLLERR as u32 != 0
     }

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Runs `f` until it returns anything but `EINTR`.
+#[inline]
 fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
         match f() {
@@ -22,6 +23,7 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 ///
 /// # Errors
 /// `WouldBlock` when nothing is buffered; `ECONNRESET` and friends as they come.
+#[inline]
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry(|| syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize))
 }
@@ -32,6 +34,7 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 ///
 /// # Errors
 /// `WouldBlock` when the fd's buffer is full; `EPIPE` when the reader is gone.
+#[inline]
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     retry(|| syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize))
 }
@@ -41,6 +44,7 @@ pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 ///
 /// # Errors
 /// As [`write()`].
+#[inline]
 pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     let n = bufs.len().min(crate::IOV_MAX) as libc::c_int;
     // IoSlice is ABI-compatible with iovec on unix (documented by std).
@@ -61,6 +65,7 @@ const SEND_FLAGS: libc::c_int = 0;
 /// # Errors
 /// `WouldBlock` when the send buffer is full; `EPIPE`/`ECONNRESET` when the peer is
 /// gone; `ENOTSOCK` for a non-socket.
+#[inline]
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     retry(|| {
         syscall!(send(
@@ -78,6 +83,7 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 ///
 /// # Errors
 /// As [`send`].
+#[inline]
 pub fn sendv(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: msghdr is a plain C struct for which all-zeroes is a valid value
     // (no name, no control data); the fields we need are set below.

@@ -11,11 +11,54 @@ use gaio_core::{Buffer, Conn, Error, Op, Watcher};
 /// How long any test waits for completions before failing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Serialises the tests of one test binary: they count the process's fds and
-/// some open 16k sockets, so two at once would disturb each other (and the fd limit).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+/// Serialises the tests of one test binary (they count the process's fds and
+/// some open 16k sockets, so two at once would disturb each other and the fd
+/// limit) and checks for leaks: when the guard drops — after every other local of
+/// the test, being declared first — the process must hold exactly the fds it held
+/// when the test began.
+pub fn serial() -> Serial {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _lock: lock,
+        fds: fd_list(),
+    }
+}
+
+pub struct Serial {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    fds: Vec<(String, String)>,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let now = fd_list();
+            assert!(
+                now == self.fds,
+                "fds changed over the test:\n  before {:?}\n  after  {:?}",
+                self.fds,
+                now
+            );
+        }
+    }
+}
+
+/// `(fd, target)` of every open fd but the one reading the directory.
+pub fn fd_list() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), target)
+        })
+        .filter(|(_, t)| !t.starts_with("/proc/"))
+        .collect();
+    v.sort();
+    v
 }
 
 /// Raises the soft fd limit to the hard limit (this machine allows 20,000).

@@ -1,0 +1,554 @@
+//! Model-based test: random sequences of register / read (owned and swap) /
+//! read_full / write / deadlines / free / peer write / peer shutdown / peer reset /
+//! wait_io, checked after every step against a model of what each request may
+//! complete with:
+//!
+//! * every accepted request completes exactly once;
+//! * successful completions are FIFO per connection and direction;
+//! * the bytes our reads deliver are exactly the bytes the peer wrote, in order
+//!   (partial counts of failed reads included);
+//! * the bytes the peer receives are exactly the bytes our writes report written;
+//! * a deadline never fires before it is due; EOF only after the peer shut down.
+//!
+//! Runs a fixed number of cases from a fixed seed, so CI is repeatable; proptest
+//! keeps shrunk failures in `tests/model.proptest-regressions` and replays them
+//! first.
+
+mod util;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use gaio_core::{Conn, Error, Op, Watcher};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestRng, TestRunner};
+use util::*;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Register,
+    Read {
+        c: u8,
+        owned: Option<u16>,
+        deadline_ms: Option<u8>,
+    },
+    ReadFull {
+        c: u8,
+        len: u16,
+        deadline_ms: Option<u8>,
+    },
+    Write {
+        c: u8,
+        len: u16,
+        deadline_ms: Option<u8>,
+    },
+    Free {
+        c: u8,
+    },
+    PeerWrite {
+        c: u8,
+        len: u16,
+    },
+    PeerShutdown {
+        c: u8,
+    },
+    PeerReset {
+        c: u8,
+    },
+    PeerRead {
+        c: u8,
+    },
+    Wait {
+        ms: u8,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let c = any::<u8>();
+    let deadline = proptest::option::weighted(0.3, 0u8..20);
+    prop_oneof![
+        2 => Just(Step::Register),
+        4 => (c, proptest::option::of(1u16..2048), deadline.clone())
+            .prop_map(|(c, owned, deadline_ms)| Step::Read { c, owned, deadline_ms }),
+        2 => (c, 1u16..2048, deadline.clone())
+            .prop_map(|(c, len, deadline_ms)| Step::ReadFull { c, len, deadline_ms }),
+        4 => (c, 1u16..4096, deadline).prop_map(|(c, len, deadline_ms)| Step::Write { c, len, deadline_ms }),
+        1 => c.prop_map(|c| Step::Free { c }),
+        4 => (c, 1u16..4096).prop_map(|(c, len)| Step::PeerWrite { c, len }),
+        1 => c.prop_map(|c| Step::PeerShutdown { c }),
+        1 => c.prop_map(|c| Step::PeerReset { c }),
+        2 => c.prop_map(|c| Step::PeerRead { c }),
+        4 => (0u8..5).prop_map(|ms| Step::Wait { ms }),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    ReadFull(usize),
+    Write,
+}
+
+#[derive(Debug)]
+struct Pending {
+    conn: usize,
+    kind: Kind,
+    /// For writes: the bytes.
+    bytes: Vec<u8>,
+    deadline: Option<Instant>,
+}
+
+/// One connection as the model sees it.
+struct Model {
+    conn: Conn,
+    peer: Option<TcpStream>,
+    /// What the peer wrote, and how much of it our reads delivered.
+    peer_sent: Vec<u8>,
+    consumed: usize,
+    peer_shut: bool,
+    reset: bool,
+    freed: bool,
+    /// What our writes report written, and what the peer read of it.
+    written: Vec<u8>,
+    peer_got: Vec<u8>,
+    /// Ids of pending reads and writes in submission order.
+    reads: VecDeque<u64>,
+    writes: VecDeque<u64>,
+}
+
+struct World {
+    w: Watcher<u64>,
+    conns: Vec<Model>,
+    pending: BTreeMap<u64, Pending>,
+    next_id: u64,
+    seed: u64,
+}
+
+impl World {
+    fn pick(&self, c: u8) -> Option<usize> {
+        (!self.conns.is_empty()).then(|| c as usize % self.conns.len())
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        self.seed += 1;
+        pattern(self.seed as usize, len)
+    }
+
+    fn submit(
+        &mut self,
+        i: usize,
+        kind: Kind,
+        buf: Option<Vec<u8>>,
+        deadline_ms: Option<u8>,
+    ) -> Result<(), TestCaseError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let deadline = deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms as u64));
+        let tx = self.w.submitter();
+        let m = &mut self.conns[i];
+        let conn = m.conn;
+        let bytes = if kind == Kind::Write {
+            buf.clone().unwrap()
+        } else {
+            Vec::new()
+        };
+        let res = match (kind, deadline) {
+            (Kind::Read, None) => tx.read(conn, id, buf),
+            (Kind::Read, Some(d)) => tx.read_timeout(conn, id, buf, d),
+            (Kind::ReadFull(_), d) => tx.read_full(conn, id, buf.unwrap(), d),
+            (Kind::Write, None) => tx.write(conn, id, buf.unwrap()),
+            (Kind::Write, Some(d)) => tx.write_timeout(conn, id, buf.unwrap(), d),
+        };
+        prop_assert!(res.is_ok(), "non-empty request refused: {res:?}");
+        if kind == Kind::Write {
+            m.writes.push_back(id);
+        } else {
+            m.reads.push_back(id);
+        }
+        self.pending.insert(
+            id,
+            Pending {
+                conn: i,
+                kind,
+                bytes,
+                deadline,
+            },
+        );
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<usize, TestCaseError> {
+        let batch: Vec<_> = self
+            .w
+            .wait_io_timeout(timeout)
+            .unwrap()
+            .map(|c| (c.op, c.ctx, c.size, c.data().to_vec(), c.result, c.conn))
+            .collect();
+        let n = batch.len();
+        for (op, id, size, data, result, conn) in batch {
+            self.check(op, id, size, result, data, conn)?;
+        }
+        Ok(n)
+    }
+
+    fn check(
+        &mut self,
+        op: Op,
+        id: u64,
+        size: usize,
+        result: Result<(), Error>,
+        data: Vec<u8>,
+        conn: Conn,
+    ) -> Result<(), TestCaseError> {
+        let p = self.pending.remove(&id);
+        prop_assert!(
+            p.is_some(),
+            "request {id} completed twice or was never submitted"
+        );
+        let p = p.unwrap();
+        let m = &mut self.conns[p.conn];
+        prop_assert_eq!(conn, m.conn);
+        prop_assert_eq!(
+            op,
+            if p.kind == Kind::Write {
+                Op::Write
+            } else {
+                Op::Read
+            }
+        );
+        let queue = if p.kind == Kind::Write {
+            &mut m.writes
+        } else {
+            &mut m.reads
+        };
+        let pos = queue.iter().position(|&x| x == id).unwrap();
+        if result.is_ok() {
+            prop_assert_eq!(pos, 0, "request {} completed ahead of {:?}", id, queue);
+        }
+        queue.remove(pos);
+        if let Err(Error::Deadline) = &result {
+            let due = p.deadline;
+            prop_assert!(due.is_some(), "Deadline on a request without one");
+            prop_assert!(Instant::now() >= due.unwrap(), "deadline fired early");
+        }
+        match p.kind {
+            Kind::Write => {
+                match &result {
+                    Ok(()) => prop_assert_eq!(size, p.bytes.len()),
+                    Err(_) => prop_assert!(size <= p.bytes.len()),
+                }
+                m.written.extend_from_slice(&p.bytes[..size]);
+            }
+            Kind::Read | Kind::ReadFull(_) => {
+                prop_assert_eq!(data.len(), size);
+                if m.reset {
+                    // After a reset the kernel may drop unread bytes: what we did
+                    // read must still be the peer's, as far as it goes.
+                    let end = (m.consumed + size).min(m.peer_sent.len());
+                    prop_assert!(
+                        data.len() <= m.peer_sent.len() - m.consumed.min(m.peer_sent.len())
+                            || size == 0
+                    );
+                    prop_assert_eq!(
+                        &data[..end - m.consumed.min(end)],
+                        &m.peer_sent[m.consumed.min(end)..end]
+                    );
+                } else {
+                    prop_assert!(
+                        m.consumed + size <= m.peer_sent.len(),
+                        "read more than the peer sent"
+                    );
+                    prop_assert_eq!(
+                        &data[..],
+                        &m.peer_sent[m.consumed..m.consumed + size],
+                        "bytes out of order"
+                    );
+                }
+                m.consumed += size;
+                match (&result, p.kind) {
+                    (Ok(()), Kind::ReadFull(len)) => prop_assert_eq!(size, len),
+                    (Ok(()), Kind::Read) if size == 0 => {
+                        prop_assert!(m.peer_shut || m.reset, "EOF before the peer shut down");
+                        prop_assert!(
+                            m.reset || m.consumed == m.peer_sent.len(),
+                            "EOF with unread bytes"
+                        );
+                    }
+                    (Err(Error::Io(e)), _) if e.kind() == ErrorKind::UnexpectedEof => {
+                        prop_assert!(m.peer_shut || m.reset);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        match result {
+            Err(Error::ConnClosed) => prop_assert!(m.freed, "ConnClosed on a live connection"),
+            Err(Error::Io(_)) => {
+                prop_assert!(m.reset || m.peer_shut, "i/o error without a peer close")
+            }
+            Err(Error::Deadline) | Ok(()) => {}
+            Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+        }
+        Ok(())
+    }
+
+    fn peer_read(&mut self, i: usize) {
+        let m = &mut self.conns[i];
+        if let Some(p) = m.peer.as_mut() {
+            let mut buf = [0u8; 65536];
+            loop {
+                match p.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => m.peer_got.extend_from_slice(&buf[..n]),
+                    Err(_) => break, // WouldBlock, or reset
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, s: &Step) -> Result<(), TestCaseError> {
+        match *s {
+            Step::Register => {
+                if self.conns.len() < 4 {
+                    let (c, srv) = tcp_pair();
+                    c.set_nonblocking(true).unwrap();
+                    let conn = self.w.register(srv).unwrap();
+                    self.conns.push(Model {
+                        conn,
+                        peer: Some(c),
+                        peer_sent: Vec::new(),
+                        consumed: 0,
+                        peer_shut: false,
+                        reset: false,
+                        freed: false,
+                        written: Vec::new(),
+                        peer_got: Vec::new(),
+                        reads: VecDeque::new(),
+                        writes: VecDeque::new(),
+                    });
+                }
+            }
+            Step::Read {
+                c,
+                owned,
+                deadline_ms,
+            } => {
+                if let Some(i) = self.pick(c) {
+                    let buf = owned.map(|n| vec![0u8; n as usize]);
+                    self.submit(i, Kind::Read, buf, deadline_ms)?;
+                }
+            }
+            Step::ReadFull {
+                c,
+                len,
+                deadline_ms,
+            } => {
+                if let Some(i) = self.pick(c) {
+                    self.submit(
+                        i,
+                        Kind::ReadFull(len as usize),
+                        Some(vec![0u8; len as usize]),
+                        deadline_ms,
+                    )?;
+                }
+            }
+            Step::Write {
+                c,
+                len,
+                deadline_ms,
+            } => {
+                if let Some(i) = self.pick(c) {
+                    let b = self.bytes(len as usize);
+                    self.submit(i, Kind::Write, Some(b), deadline_ms)?;
+                }
+            }
+            Step::Free { c } => {
+                if let Some(i) = self.pick(c) {
+                    self.w.free(self.conns[i].conn).unwrap();
+                    self.conns[i].freed = true;
+                }
+            }
+            Step::PeerWrite { c, len } => {
+                if let Some(i) = self.pick(c) {
+                    let b = self.bytes(len as usize);
+                    let m = &mut self.conns[i];
+                    if let (Some(p), false) = (m.peer.as_mut(), m.peer_shut) {
+                        // Small enough for the socket buffers; count what went out.
+                        let mut off = 0;
+                        while off < b.len() {
+                            match p.write(&b[off..]) {
+                                Ok(n) => off += n,
+                                Err(_) => break,
+                            }
+                        }
+                        m.peer_sent.extend_from_slice(&b[..off]);
+                    }
+                }
+            }
+            Step::PeerShutdown { c } => {
+                if let Some(i) = self.pick(c) {
+                    let m = &mut self.conns[i];
+                    if let Some(p) = m.peer.as_ref() {
+                        let _ = p.shutdown(Shutdown::Write);
+                        m.peer_shut = true;
+                    }
+                }
+            }
+            Step::PeerReset { c } => {
+                if let Some(i) = self.pick(c) {
+                    let m = &mut self.conns[i];
+                    if let Some(p) = m.peer.take() {
+                        socket2::SockRef::from(&p)
+                            .set_linger(Some(Duration::ZERO))
+                            .unwrap();
+                        m.reset = true;
+                    }
+                }
+            }
+            Step::PeerRead { c } => {
+                if let Some(i) = self.pick(c) {
+                    self.peer_read(i);
+                }
+            }
+            Step::Wait { ms } => {
+                self.wait(Duration::from_millis(ms as u64))?;
+            }
+        }
+        // After every step: what the peer received is what our writes reported.
+        for m in &self.conns {
+            if !m.reset {
+                let n = m.peer_got.len();
+                prop_assert!(
+                    n <= m.written.len() + self.pending_write_bytes(m),
+                    "peer got bytes never written"
+                );
+                prop_assert_eq!(
+                    &m.peer_got[..n.min(m.written.len())],
+                    &m.written[..n.min(m.written.len())]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn pending_write_bytes(&self, m: &Model) -> usize {
+        m.writes.iter().map(|id| self.pending[id].bytes.len()).sum()
+    }
+
+    /// Frees everything, collects every outstanding completion, and checks the
+    /// peers received exactly what was written.
+    fn finish(mut self) -> Result<(), TestCaseError> {
+        // Liveness first: with the peers reading, every write must finish, and every
+        // read must finish unless there is truly nothing to read (no unread bytes,
+        // no EOF, no reset). A read stuck with data or EOF waiting is a lost edge.
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            for i in 0..self.conns.len() {
+                self.peer_read(i);
+            }
+            let stuck: Vec<usize> = (0..self.conns.len())
+                .filter(|&i| {
+                    let m = &self.conns[i];
+                    let unread = m.peer_sent.len().saturating_sub(m.consumed);
+                    let eof = m.peer_shut || m.reset;
+                    // The first pending read can wait only for bytes that are not there.
+                    let read_stuck =
+                        m.reads
+                            .front()
+                            .is_some_and(|id| match self.pending[id].kind {
+                                Kind::ReadFull(len) => eof || unread >= len,
+                                _ => eof || unread > 0,
+                            });
+                    !m.freed && (read_stuck || (!m.writes.is_empty() && !m.reset))
+                })
+                .collect();
+            if stuck.is_empty() {
+                break;
+            }
+            prop_assert!(Instant::now() < end, "requests stuck on conns {:?}", stuck);
+            self.wait(Duration::from_millis(10))?;
+        }
+        for i in 0..self.conns.len() {
+            self.peer_read(i);
+        }
+        for m in &mut self.conns {
+            // Let the peers read what is in flight before the close.
+            let _ = m.peer.as_ref().map(|p| p.set_nonblocking(true));
+        }
+        let conns: Vec<Conn> = self.conns.iter().map(|m| m.conn).collect();
+        for (i, c) in conns.into_iter().enumerate() {
+            self.w.free(c).unwrap();
+            self.conns[i].freed = true;
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while !self.pending.is_empty() {
+            prop_assert!(
+                Instant::now() < end,
+                "requests never completed: {:?}",
+                self.pending.keys().collect::<Vec<_>>()
+            );
+            self.wait(Duration::from_millis(50))?;
+        }
+        for m in &mut self.conns {
+            if let Some(p) = m.peer.as_mut() {
+                p.set_nonblocking(false).unwrap();
+                p.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut rest = Vec::new();
+                let _ = p.read_to_end(&mut rest);
+                m.peer_got.extend_from_slice(&rest);
+                if !m.reset {
+                    prop_assert!(
+                        m.peer_got == m.written,
+                        "peer received {} bytes, writes reported {}",
+                        m.peer_got.len(),
+                        m.written.len()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run_case(steps: &[Step]) -> Result<(), TestCaseError> {
+    let mut world = World {
+        w: Watcher::new().unwrap(),
+        conns: Vec::new(),
+        pending: BTreeMap::new(),
+        next_id: 0,
+        seed: 0,
+    };
+    for s in steps {
+        world.apply(s)?;
+    }
+    world.finish()
+}
+
+#[test]
+fn random_operation_sequences_keep_every_promise() {
+    let _serial = serial();
+    let start = fd_count();
+    let config = Config {
+        source_file: Some(file!()),
+        cases: std::env::var("GAIO_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
+        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
+            "proptest-regressions",
+        ))),
+        ..Config::default()
+    };
+    // A fixed seed: the same cases on every CI run.
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[7u8; 32]);
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    let result = runner.run(&proptest::collection::vec(step(), 1..48), |steps| {
+        run_case(&steps)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert_fds_back_to(start);
+}

@@ -1,0 +1,110 @@
+//! Drives a Watcher with byte-encoded operation sequences on Unix socket pairs and
+//! checks its promises: no panic, every accepted request completes exactly once,
+//! bytes arrive in order.
+//!
+//! Run: `cargo +nightly fuzz run watcher_ops` (from the repository root).
+#![no_main]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use gaio_core::{Conn, Error, Op, Watcher};
+use libfuzzer_sys::fuzz_target;
+
+struct Peer {
+    conn: Conn,
+    peer: Option<UnixStream>,
+    sent: Vec<u8>,
+    consumed: usize,
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut w: Watcher<u64> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let mut conns: Vec<Peer> = Vec::new();
+    let mut pending: HashMap<u64, (usize, Op)> = HashMap::new();
+    let mut next = 0u64;
+    let mut check = |w: &mut Watcher<u64>, conns: &mut Vec<Peer>, pending: &mut HashMap<u64, (usize, Op)>, t: Duration| {
+        let batch: Vec<_> = w
+            .wait_io_timeout(t)
+            .unwrap()
+            .map(|c| (c.ctx, c.op, c.result, c.data().to_vec()))
+            .collect();
+        for (id, op, result, bytes) in batch {
+            let (i, want) = pending.remove(&id).expect("completed twice or never submitted");
+            assert_eq!(op, want);
+            if op == Op::Read && !matches!(result, Err(Error::ConnClosed)) {
+                let p = &mut conns[i];
+                let end = p.consumed + bytes.len();
+                assert!(end <= p.sent.len(), "read bytes the peer never sent");
+                assert_eq!(&bytes[..], &p.sent[p.consumed..end], "bytes out of order");
+                p.consumed = end;
+            }
+        }
+    };
+    for chunk in data.chunks(3) {
+        let (op, a, b) = (chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&1));
+        let pick = |n: usize| (n > 0).then(|| a as usize % n);
+        match op % 8 {
+            0 if conns.len() < 4 => {
+                let (x, y) = UnixStream::pair().unwrap();
+                y.set_nonblocking(true).unwrap();
+                let conn = w.register(x).unwrap();
+                conns.push(Peer { conn, peer: Some(y), sent: Vec::new(), consumed: 0 });
+            }
+            1 | 2 => {
+                if let Some(i) = pick(conns.len()) {
+                    let buf = (op % 8 == 2).then(|| vec![0u8; 1 + b as usize]);
+                    tx.read(conns[i].conn, next, buf).unwrap();
+                    pending.insert(next, (i, Op::Read));
+                    next += 1;
+                }
+            }
+            3 => {
+                if let Some(i) = pick(conns.len()) {
+                    let deadline = Instant::now() + Duration::from_micros(b as u64 * 50);
+                    tx.write_timeout(conns[i].conn, next, vec![b; 1 + b as usize], deadline).unwrap();
+                    pending.insert(next, (i, Op::Write));
+                    next += 1;
+                }
+            }
+            4 => {
+                if let Some(i) = pick(conns.len()) {
+                    let p = &mut conns[i];
+                    if let Some(s) = p.peer.as_mut() {
+                        let bytes = vec![b; 1 + b as usize];
+                        if let Ok(n) = s.write(&bytes) {
+                            p.sent.extend_from_slice(&bytes[..n]);
+                        }
+                    }
+                }
+            }
+            5 => {
+                if let Some(i) = pick(conns.len()) {
+                    if let Some(s) = conns[i].peer.as_mut() {
+                        let mut sink = [0u8; 4096];
+                        let _ = s.read(&mut sink);
+                    }
+                }
+            }
+            6 => {
+                if let Some(i) = pick(conns.len()) {
+                    if b % 2 == 0 {
+                        w.free(conns[i].conn).unwrap();
+                    } else {
+                        conns[i].peer = None;
+                    }
+                }
+            }
+            _ => check(&mut w, &mut conns, &mut pending, Duration::from_micros(b as u64 * 10)),
+        }
+    }
+    w.free_all().unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !pending.is_empty() {
+        assert!(Instant::now() < end, "requests never completed");
+        check(&mut w, &mut conns, &mut pending, Duration::from_millis(10));
+    }
+});

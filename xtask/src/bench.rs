@@ -1,0 +1,661 @@
+//! `cargo xtask bench`: every server as its own process on loopback, driven by the
+//! same load generator, figures side by side as ratios.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::load::{self, Rounds, Spec};
+
+/// One server under test.
+#[derive(Debug, Clone)]
+struct Server {
+    name: &'static str,
+    example: &'static str,
+    args: Vec<String>,
+    /// A gaio server (gets ratio columns).
+    gaio: bool,
+}
+
+fn servers() -> Vec<Server> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    vec![
+        Server {
+            name: "raw epoll",
+            example: "bench-raw-epoll",
+            args: vec![],
+            gaio: false,
+        },
+        Server {
+            name: "tokio",
+            example: "bench-tokio",
+            args: vec![],
+            gaio: false,
+        },
+        Server {
+            name: "gaio-core",
+            example: "echo",
+            args: vec![],
+            gaio: true,
+        },
+        Server {
+            name: "gaio-core busy-poll 50µs",
+            example: "echo",
+            args: vec!["--busy-poll".into(), "50".into()],
+            gaio: true,
+        },
+        Server {
+            name: "gaio-pool",
+            example: "echo-pool",
+            args: vec!["--watchers".into(), cores.to_string()],
+            gaio: true,
+        },
+    ]
+}
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn start(bin: &Path, args: &[String], wrapper: &[String]) -> io::Result<Running> {
+        let mut cmd = if let Some((first, rest)) = wrapper.split_first() {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                io::Error::other(format!("{}: unexpected first line {line:?}", bin.display()))
+            })?;
+        Ok(Running { child, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds of the server so far.
+    fn cpu(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let Some(i) = stat.rfind(')') else { return 0.0 };
+        let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+        let ticks = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our live child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Settings of one bench run.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub quick: bool,
+    pub instructions: bool,
+}
+
+impl Settings {
+    fn runs(&self) -> usize {
+        if self.quick { 1 } else { 3 }
+    }
+    fn secs(&self, quick: f64, full: f64) -> Duration {
+        Duration::from_secs_f64(if self.quick { quick } else { full })
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const REGRESSION: [usize; 4] = [1024, 2048, 4096, 8192];
+
+/// Every figure of one server (medians over runs).
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    rt_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    mb_per_s: f64,
+    msgs_per_s: f64,
+    cpu_ms_per_1k: f64,
+    completion_8k_s: f64,
+    regression: Vec<(usize, f64)>,
+    fit: (f64, f64, f64),
+    idle_bytes_per_conn: f64,
+    instr_per_msg: Option<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+/// Least squares y = a·x + b; returns (slope, intercept, r²).
+fn fit(points: &[(usize, f64)]) -> (f64, f64, f64) {
+    let n = points.len() as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x as f64, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for &(x, y) in points {
+        let dx = x as f64 - mx;
+        let dy = y - my;
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    let slope = sxy / sxx;
+    let r2 = if syy == 0.0 {
+        1.0
+    } else {
+        (sxy * sxy) / (sxx * syy)
+    };
+    (slope, my - slope * mx, r2)
+}
+
+fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
+    let bin = bin_dir.join(s.example);
+    let mut f = Figures::default();
+    let (mut rt, mut p50, mut p99, mut mbs, mut mps, mut cpu, mut idle) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut reg: Vec<Vec<f64>> = vec![Vec::new(); REGRESSION.len()];
+    for run in 0..set.runs() {
+        eprintln!("  {} run {}/{}", s.name, run + 1, set.runs());
+        // 1 conn × 128 B ping-pong.
+        let srv = Running::start(&bin, &s.args, &[])?;
+        let o = load::run(
+            srv.addr,
+            Spec {
+                conns: 1,
+                msg: 128,
+                rounds: Rounds::For(set.secs(1.0, 3.0)),
+                latencies: true,
+            },
+            PATIENCE,
+        )?;
+        let mut lat = o.latencies_ns.clone();
+        lat.sort_unstable();
+        rt.push(o.msgs as f64 / o.busy.as_secs_f64());
+        p50.push(percentile(&lat, 0.50));
+        p99.push(percentile(&lat, 0.99));
+        // 1 conn × 64 KiB.
+        let o = load::run(
+            srv.addr,
+            Spec {
+                conns: 1,
+                msg: 64 * 1024,
+                rounds: Rounds::For(set.secs(1.0, 3.0)),
+                latencies: false,
+            },
+            PATIENCE,
+        )?;
+        mbs.push(o.bytes as f64 / o.busy.as_secs_f64() / 1e6);
+        // 100 conns × 1 KiB ping-pong, with server CPU.
+        let c0 = srv.cpu();
+        let o = load::run(
+            srv.addr,
+            Spec {
+                conns: 100,
+                msg: 1024,
+                rounds: Rounds::For(set.secs(1.5, 3.0)),
+                latencies: false,
+            },
+            PATIENCE,
+        )?;
+        let c1 = srv.cpu();
+        mps.push(o.msgs as f64 / o.busy.as_secs_f64());
+        cpu.push((c1 - c0) * 1000.0 / (o.msgs as f64 / 1000.0));
+        srv.stop();
+        // n conns × 1 KiB once, each on a fresh server (the seed's 8K test).
+        for (k, &n) in REGRESSION.iter().enumerate() {
+            let srv = Running::start(&bin, &s.args, &[])?;
+            let o = load::run(
+                srv.addr,
+                Spec {
+                    conns: n,
+                    msg: 1024,
+                    rounds: Rounds::Once,
+                    latencies: false,
+                },
+                PATIENCE,
+            )?;
+            reg[k].push(o.elapsed.as_secs_f64());
+            srv.stop();
+        }
+        // Idle memory: RSS growth per registered connection.
+        let srv = Running::start(&bin, &s.args, &[])?;
+        // Warm the server once so one-off allocations are not counted per conn.
+        load::run(
+            srv.addr,
+            Spec {
+                conns: 1,
+                msg: 16,
+                rounds: Rounds::Once,
+                latencies: false,
+            },
+            PATIENCE,
+        )?;
+        let base_fds = srv.fds();
+        let rss0 = srv.rss_bytes();
+        let n = 8000;
+        let conns = load::idle(srv.addr, n)?;
+        let end = Instant::now() + PATIENCE;
+        while srv.fds() < base_fds + n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let batch buffers from the accept burst settle, as in a server's life.
+        std::thread::sleep(Duration::from_millis(300));
+        let rss1 = srv.rss_bytes();
+        idle.push((rss1 as f64 - rss0 as f64) / n as f64);
+        drop(conns);
+        srv.stop();
+    }
+    f.rt_per_s = median(rt);
+    f.p50_us = median(p50);
+    f.p99_us = median(p99);
+    f.mb_per_s = median(mbs);
+    f.msgs_per_s = median(mps);
+    f.cpu_ms_per_1k = median(cpu);
+    f.regression = REGRESSION
+        .iter()
+        .zip(reg)
+        .map(|(&n, v)| (n, median(v)))
+        .collect();
+    f.completion_8k_s = f.regression.last().map_or(f64::NAN, |p| p.1);
+    f.fit = fit(&f.regression);
+    f.idle_bytes_per_conn = median(idle);
+    if set.instructions {
+        f.instr_per_msg = Some(instructions(&bin, &s.args, set)?);
+    }
+    Ok(f)
+}
+
+/// User-space instructions per echoed message under callgrind: the difference
+/// between a long and a short run of 100 conns × 1 KiB, so start-up and connection
+/// set-up cancel out.
+fn instructions(bin: &Path, args: &[String], set: Settings) -> io::Result<f64> {
+    let (short, long) = if set.quick { (20, 120) } else { (20, 520) };
+    let mut ir = Vec::new();
+    for per_conn in [short, long] {
+        let out = std::env::temp_dir().join(format!(
+            "gaio-callgrind-{}-{per_conn}.out",
+            std::process::id()
+        ));
+        let wrapper = vec![
+            "valgrind".to_string(),
+            "--tool=callgrind".into(),
+            format!("--callgrind-out-file={}", out.display()),
+            "--quiet".into(),
+        ];
+        let srv = Running::start(bin, args, &wrapper)?;
+        load::run(
+            srv.addr,
+            Spec {
+                conns: 100,
+                msg: 1024,
+                rounds: Rounds::Count(per_conn),
+                latencies: false,
+            },
+            Duration::from_secs(600),
+        )?;
+        srv.stop();
+        let text = std::fs::read_to_string(&out)?;
+        let total = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .ok_or_else(|| io::Error::other("no callgrind summary"))?;
+        let _ = std::fs::remove_file(&out);
+        ir.push(total);
+    }
+    Ok((ir[1] - ir[0]) / (100.0 * (long - short) as f64))
+}
+
+fn ratio(x: f64, base: f64) -> String {
+    if base.is_finite() && base > 0.0 && x.is_finite() {
+        format!("{:.2}×", x / base)
+    } else {
+        "–".into()
+    }
+}
+
+fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String {
+    let raw = results
+        .iter()
+        .find(|(s, _)| s.name == "raw epoll")
+        .map(|r| r.1.clone())
+        .unwrap_or_default();
+    let tokio = results
+        .iter()
+        .find(|(s, _)| s.name == "tokio")
+        .map(|r| r.1.clone())
+        .unwrap_or_default();
+    type Metric = (&'static str, fn(&Figures) -> f64, &'static str, bool);
+    let metrics: Vec<Metric> = vec![
+        (
+            "1 conn × 128 B ping-pong",
+            |f| f.rt_per_s,
+            "round trips/s",
+            true,
+        ),
+        ("1 conn × 128 B p50 latency", |f| f.p50_us, "µs", false),
+        ("1 conn × 128 B p99 latency", |f| f.p99_us, "µs", false),
+        ("1 conn × 64 KiB echo", |f| f.mb_per_s, "MB/s", true),
+        (
+            "100 conns × 1 KiB ping-pong",
+            |f| f.msgs_per_s,
+            "msgs/s",
+            true,
+        ),
+        (
+            "server CPU per 1,000 msgs (100 × 1 KiB)",
+            |f| f.cpu_ms_per_1k,
+            "ms",
+            false,
+        ),
+        (
+            "8,192 conns × 1 KiB once",
+            |f| f.completion_8k_s,
+            "s",
+            false,
+        ),
+        (
+            "idle RSS per connection (8,000)",
+            |f| f.idle_bytes_per_conn,
+            "B",
+            false,
+        ),
+    ];
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Machine: {machine}. Mode: {}; medians of {} run(s). Ratios are gaio ÷ raw epoll and gaio ÷ tokio, from the same run.\n",
+        if set.quick { "--quick" } else { "full" },
+        set.runs()
+    );
+    let _ = write!(md, "| scenario | unit |");
+    for (s, _) in results {
+        let _ = write!(md, " {} |", s.name);
+    }
+    let _ = write!(md, "\n|---|---|");
+    for _ in results {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    let mut rows: Vec<(String, String, Vec<String>)> = metrics
+        .iter()
+        .map(|(name, get, unit, _)| {
+            let cells = results
+                .iter()
+                .map(|(s, f)| {
+                    let v = get(f);
+                    let shown = fmt_num(v);
+                    if s.gaio {
+                        format!(
+                            "{shown} ({} raw, {} tokio)",
+                            ratio(v, get(&raw)),
+                            ratio(v, get(&tokio))
+                        )
+                    } else {
+                        shown
+                    }
+                })
+                .collect();
+            (name.to_string(), unit.to_string(), cells)
+        })
+        .collect();
+    rows.push((
+        "regression: completion = slope·conns + intercept".into(),
+        "s".into(),
+        results
+            .iter()
+            .map(|(_, f)| format!("{:.3e}·x + {:.3} (R² {:.3})", f.fit.0, f.fit.1, f.fit.2))
+            .collect(),
+    ));
+    if set.instructions {
+        rows.push((
+            "user-space instructions per message (callgrind, 100 × 1 KiB)".into(),
+            "instr".into(),
+            results
+                .iter()
+                .map(|(s, f)| {
+                    let v = f.instr_per_msg.unwrap_or(f64::NAN);
+                    if s.gaio {
+                        format!(
+                            "{} ({} raw, {} tokio)",
+                            fmt_num(v),
+                            ratio(v, raw.instr_per_msg.unwrap_or(f64::NAN)),
+                            ratio(v, tokio.instr_per_msg.unwrap_or(f64::NAN))
+                        )
+                    } else {
+                        fmt_num(v)
+                    }
+                })
+                .collect(),
+        ));
+    }
+    for (name, unit, cells) in rows {
+        let _ = write!(md, "| {name} | {unit} |");
+        for c in cells {
+            let _ = write!(md, " {c} |");
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "\nRegression points (conns → seconds):\n");
+    for (s, f) in results {
+        let pts: Vec<String> = f
+            .regression
+            .iter()
+            .map(|(n, t)| format!("{n} → {t:.3}"))
+            .collect();
+        let _ = writeln!(md, "- {}: {}", s.name, pts.join(", "));
+    }
+    md
+}
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v >= 1000.0 {
+        format!("{:.0}", v)
+    } else if v >= 10.0 {
+        format!("{:.1}", v)
+    } else {
+        format!("{:.3}", v)
+    }
+}
+
+/// An SVG line plot of completion time over connections, one line per server.
+fn svg(results: &[(Server, Figures)]) -> String {
+    let (w, h, pad) = (640.0, 400.0, 50.0);
+    let max_x = *REGRESSION.last().unwrap() as f64;
+    let max_y = results
+        .iter()
+        .flat_map(|(_, f)| f.regression.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.1;
+    let px = |x: f64| pad + x / max_x * (w - 2.0 * pad);
+    let py = |y: f64| h - pad - y / max_y * (h - 2.0 * pad);
+    let colors = [
+        "#888888", "#d62728", "#1f77b4", "#17becf", "#2ca02c", "#9467bd",
+    ];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\">n connections × 1 KiB echo: completion time</text>\n\
+         <line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"black\"/>\n",
+        w / 2.0,
+        h - pad,
+        w - pad,
+        h - pad,
+        h - pad
+    );
+    for &n in &REGRESSION {
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{n}</text>",
+            px(n as f64),
+            h - pad + 16.0
+        );
+    }
+    for k in 0..=4 {
+        let y = max_y * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{y:.2}s</text>",
+            pad - 4.0,
+            py(y) + 4.0
+        );
+    }
+    for (i, (srv, f)) in results.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let pts: Vec<String> = f
+            .regression
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x as f64), py(y)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" fill=\"{c}\">{}</text>",
+            pad + 10.0,
+            pad + 16.0 * i as f64,
+            srv.name
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
+}
+
+fn raise_fd_limit() {
+    // SAFETY: rlimit is plain data; getrlimit/setrlimit only read and write it.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+pub fn bench(root: &Path, set: Settings) -> Result<(), String> {
+    raise_fd_limit();
+    crate::run(
+        "cargo build --release --examples",
+        crate::cargo()
+            .current_dir(root)
+            .args(["build", "--release", "--examples"]),
+    )?;
+    let bin_dir: PathBuf = root.join("target/release/examples");
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for s in servers() {
+        eprintln!("bench: {}", s.name);
+        let f = measure(&bin_dir, &s, set).map_err(|e| format!("{}: {e}", s.name))?;
+        eprintln!(
+            "  {:.0} rt/s, p50 {:.1} µs, {:.0} MB/s, {:.0} msgs/s, {:.3} ms CPU/1k msgs, 8k in {:.3} s, {:.0} B/idle conn{}",
+            f.rt_per_s,
+            f.p50_us,
+            f.mb_per_s,
+            f.msgs_per_s,
+            f.cpu_ms_per_1k,
+            f.completion_8k_s,
+            f.idle_bytes_per_conn,
+            f.instr_per_msg
+                .map(|i| format!(", {i:.0} instr/msg"))
+                .unwrap_or_default()
+        );
+        results.push((s, f));
+    }
+    let md = report(&results, set, &machine());
+    println!("{md}");
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("regression.svg"), svg(&results)).map_err(|e| e.to_string())?;
+    eprintln!(
+        "bench: done in {:.0} s; wrote target/bench/report.md and target/bench/regression.svg",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
