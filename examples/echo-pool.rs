@@ -104,10 +104,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn print_stats(pool: &Pool<()>) {
+    // A closed stdout (the reader went away) must not take the server down.
+    let mut out = std::io::stdout().lock();
     for s in pool.stats() {
-        println!(
+        let _ = writeln!(
+            out,
             "watcher {}: live {} accepts {} completions {} pending r/w {}/{}",
             s.index, s.live_conns, s.accepts, s.completions, s.pending_reads, s.pending_writes
         );
     }
+    let _ = out.flush();
 }

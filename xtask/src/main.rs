@@ -32,6 +32,9 @@ tasks:
   memcheck                        gaio-sys and gaio-core tests under valgrind memcheck (zero errors)
   soak [--secs N]                 mixed echo + timeout + free load on the gaio-pool echo server
                                   for N seconds (default 60), then a summary
+  load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN]
+                                  drive any echo server with the bench's verifying load generator
+                                  (run several at once for a multi-process load)
   help                            this text
 ";
 
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             Some([]) | None => soak::soak(&root(), 60),
             Some(other) => Err(format!("unknown soak options {other:?}\n\n{HELP}")),
         },
+        Some("load") => load_cmd(&args[1..]),
         Some("help") | Some("-h") | Some("--help") => {
             print!("{HELP}");
             Ok(())
@@ -147,4 +151,53 @@ fn ci() -> Result<(), String> {
             instructions: false,
         },
     )
+}
+
+/// `cargo xtask load`: one load generator process against an echo server.
+fn load_cmd(args: &[String]) -> Result<(), String> {
+    let mut addr = None;
+    let (mut conns, mut msg) = (100usize, 1024usize);
+    let mut rounds = load::Rounds::For(std::time::Duration::from_secs(5));
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--addr" => addr = Some(val()?.parse().map_err(|e| format!("--addr: {e}"))?),
+            "--conns" => conns = val()?.parse().map_err(|e| format!("--conns: {e}"))?,
+            "--msg" => msg = val()?.parse().map_err(|e| format!("--msg: {e}"))?,
+            "--secs" => {
+                let s: f64 = val()?.parse().map_err(|e| format!("--secs: {e}"))?;
+                rounds = load::Rounds::For(std::time::Duration::from_secs_f64(s));
+            }
+            "--count" => {
+                rounds = load::Rounds::Count(val()?.parse().map_err(|e| format!("--count: {e}"))?)
+            }
+            other => return Err(format!("unknown load option {other}\n\n{HELP}")),
+        }
+    }
+    let addr = addr.ok_or("load needs --addr")?;
+    let spec = load::Spec {
+        conns,
+        msg,
+        rounds,
+        latencies: true,
+    };
+    let o =
+        load::run(addr, spec, std::time::Duration::from_secs(600)).map_err(|e| e.to_string())?;
+    let mut lat = o.latencies_ns;
+    lat.sort_unstable();
+    let p = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |&n| n as f64 / 1000.0)
+    };
+    println!(
+        "{} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s, p50 {:.1} µs, p99 {:.1} µs (every byte verified)",
+        o.msgs,
+        o.busy.as_secs_f64(),
+        o.msgs as f64 / o.busy.as_secs_f64(),
+        o.bytes as f64 / o.busy.as_secs_f64() / 1e6,
+        p(0.5),
+        p(0.99)
+    );
+    Ok(())
 }
