@@ -26,13 +26,13 @@ fuzz_target!(|data: &[u8]| {
     let mut conns: Vec<Peer> = Vec::new();
     let mut pending: HashMap<u64, (usize, Op)> = HashMap::new();
     let mut next = 0u64;
-    let mut check = |w: &mut Watcher<u64>, conns: &mut Vec<Peer>, pending: &mut HashMap<u64, (usize, Op)>, t: Duration| {
+    let check = |w: &mut Watcher<u64>, conns: &mut Vec<Peer>, pending: &mut HashMap<u64, (usize, Op)>, t: Duration| {
         let batch: Vec<_> = w
             .wait_io_timeout(t)
             .unwrap()
-            .map(|c| (c.ctx, c.op, c.result, c.data().to_vec()))
+            .map(|c| (c.ctx, c.op, c.data().to_vec(), c.result))
             .collect();
-        for (id, op, result, bytes) in batch {
+        for (id, op, bytes, result) in batch {
             let (i, want) = pending.remove(&id).expect("completed twice or never submitted");
             assert_eq!(op, want);
             if op == Op::Read && !matches!(result, Err(Error::ConnClosed)) {

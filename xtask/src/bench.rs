@@ -77,8 +77,21 @@ impl Running {
             .stderr(Stdio::null())
             .spawn()?;
         let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
+        // Bounded: a server that never prints must not hang the bench.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "{}: no 'listening on' line in 30 s",
+                bin.display()
+            )));
+        };
         let addr = line
             .trim()
             .strip_prefix("listening on ")
@@ -119,7 +132,18 @@ impl Running {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
+        // Drop does it: SIGTERM (so callgrind writes its profile), then wait.
+        drop(self);
+    }
+}
+
+impl Drop for Running {
+    /// Stops the server on every path, early returns and errors included.
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SAFETY: kill has no memory preconditions; the pid is our live child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let end = Instant::now() + Duration::from_secs(30);
@@ -132,6 +156,25 @@ impl Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the server's fd count holds still for 100 ms (bounded), and
+/// returns it.
+fn settled_fds(srv: &Running) -> usize {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut last = srv.fds();
+    let mut since = Instant::now();
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = srv.fds();
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_millis(100) {
+            break;
+        }
+    }
+    last
 }
 
 /// Settings of one bench run.
@@ -292,12 +335,20 @@ fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
             },
             PATIENCE,
         )?;
-        let base_fds = srv.fds();
+        // The warm-up connection's fd may still be closing: wait for a stable base.
+        let base_fds = settled_fds(&srv);
         let rss0 = srv.rss_bytes();
         let n = 8000;
         let conns = load::idle(srv.addr, n)?;
         let end = Instant::now() + PATIENCE;
-        while srv.fds() < base_fds + n && Instant::now() < end {
+        while srv.fds() < base_fds + n {
+            if Instant::now() >= end {
+                return Err(io::Error::other(format!(
+                    "{}: only {} of {n} idle connections registered",
+                    s.name,
+                    srv.fds().saturating_sub(base_fds)
+                )));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         // Let batch buffers from the accept burst settle, as in a server's life.

@@ -15,7 +15,12 @@ const PROBE: u64 = 1;
 
 struct Echo {
     msg: Vec<u8>,
+    /// When the current message was sent: an echo outstanding for long is a stall.
+    since: Instant,
 }
+
+/// An echo of at most 4 KiB on loopback that takes this long is stuck, not slow.
+const STALL: Duration = Duration::from_secs(2);
 
 struct Rng(u64);
 
@@ -121,7 +126,19 @@ fn drive(addr: SocketAddr, pid: u32, secs: Duration) -> Result<String, String> {
         }
         fds(pid)
     };
-    let fds0 = wait_fds(fds(pid));
+    // The warm-up connection's fd may still be closing: wait until the count holds.
+    let fds0 = {
+        let mut last = fds(pid);
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = fds(pid);
+            if now == last || Instant::now() >= end {
+                break now;
+            }
+            last = now;
+        }
+    };
     let rss0 = proc_field(pid, "status", "VmRSS:");
     let start_echo = |w: &mut Watcher<u64>, c: Conn, msg: Vec<u8>| -> Result<(), String> {
         let tx = w.submitter();
@@ -135,7 +152,13 @@ fn drive(addr: SocketAddr, pid: u32, secs: Duration) -> Result<String, String> {
         connects += 1;
         let m = new_msg(&mut rng);
         start_echo(&mut w, c, m.clone())?;
-        echo.insert(c, Echo { msg: m });
+        echo.insert(
+            c,
+            Echo {
+                msg: m,
+                since: Instant::now(),
+            },
+        );
     }
     let mut probes = Vec::new();
     for _ in 0..20 {
@@ -170,6 +193,7 @@ fn drive(addr: SocketAddr, pid: u32, secs: Duration) -> Result<String, String> {
                     echoed += 1;
                     bytes += data.len() as u64;
                     e.msg = new_msg(&mut rng);
+                    e.since = Instant::now();
                     let m = e.msg.clone();
                     start_echo(&mut w, conn, m)?;
                 }
@@ -202,7 +226,21 @@ fn drive(addr: SocketAddr, pid: u32, secs: Duration) -> Result<String, String> {
                 connects += 1;
                 let m = new_msg(&mut rng);
                 start_echo(&mut w, n, m.clone())?;
-                echo.insert(n, Echo { msg: m });
+                echo.insert(
+                    n,
+                    Echo {
+                        msg: m,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            // Liveness: frees recycle every connection within seconds, which could
+            // hide one that stopped making progress; look for it explicitly.
+            if let Some((c, e)) = echo.iter().find(|(_, e)| e.since.elapsed() > STALL) {
+                return Err(format!(
+                    "echo on {c:?} outstanding for {:?}",
+                    e.since.elapsed()
+                ));
             }
         }
     }

@@ -146,7 +146,10 @@ pub(crate) struct Shared<C> {
     local: Mutex<Vec<Queued<C>>>,
     /// Tag of the thread that last drove `wait_io`.
     pub owner: AtomicU64,
+    /// Order of submission (taken before queueing).
     seq: AtomicU64,
+    /// Commands queued so far (counted after queueing): what the park check reads.
+    pushed: AtomicU64,
     /// Set by the watcher right before it blocks in the poller; whoever swaps it back
     /// to false owes one wake.
     pub parked: AtomicBool,
@@ -197,6 +200,7 @@ impl<C> Shared<C> {
             local: Mutex::new(Vec::new()),
             owner: AtomicU64::new(thread_tag()),
             seq: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             next_slot: AtomicU32::new(0),
@@ -215,16 +219,16 @@ impl<C> Shared<C> {
             return Err(Error::WatcherClosed);
         }
         // Coherence of one atomic gives every command that happens-after another a
-        // larger number, whichever thread or path either took. SeqCst because the
-        // watcher's park check reads this counter (see `has_queued`).
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        // larger number, whichever thread or path either took.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let q = Queued { seq, cmd };
         if self.owner.load(Ordering::Relaxed) == thread_tag() {
             self.local().push(q);
         } else {
             self.remote.push(q);
         }
-        // Pairs with the fence in `Watcher::park`: either the watcher sees this
+        self.pushed.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `Watcher::poll`: either the watcher sees this
         // command before it blocks, or we see `parked` and wake it.
         fence(Ordering::SeqCst);
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
@@ -236,10 +240,11 @@ impl<C> Shared<C> {
             }
         }
         if self.closed.load(Ordering::Acquire) {
-            // The watcher closed while we queued: nobody will run this command, so
-            // drop it (and any fd it carries) now rather than when the last handle goes.
+            // The watcher closed while we queued: drop what is left (and any fd it
+            // carries) now rather than when the last handle goes. The command was
+            // accepted — the watcher may even have run it before closing — so this
+            // is the "closed with requests pending" case, not a refusal.
             self.discard_queued();
-            return Err(Error::WatcherClosed);
         }
         Ok(())
     }
@@ -252,12 +257,13 @@ impl<C> Shared<C> {
         }
     }
 
-    /// Whether commands were submitted beyond the `drained` the watcher has taken:
-    /// one atomic load, no lock. (The number is taken before a command is queued,
-    /// so for an instant this may say yes while the queue still looks empty; the
-    /// watcher then spins briefly instead of blocking, never the other way round.)
+    /// Whether more commands were queued than the `drained` the watcher has taken:
+    /// one atomic load, no lock. A command counts only once it is in a queue, so a
+    /// submitter preempted half-way never makes the watcher spin; one drained
+    /// before it was counted makes this say no, and its submitter then sees
+    /// `parked` and wakes the watcher (a spare wake, never a lost one).
     pub fn has_queued(&self, drained: u64) -> bool {
-        self.seq.load(Ordering::SeqCst) != drained
+        self.pushed.load(Ordering::SeqCst) > drained
     }
 
     /// Moves every queued command into `out` (which must be empty), in submission

@@ -440,7 +440,8 @@ impl<C> Watcher<C> {
     /// # Errors
     /// As [`wait_io`](Self::wait_io).
     pub fn wait_io_timeout(&mut self, timeout: Duration) -> Result<Completions<'_, C>> {
-        self.wait(Some(Instant::now() + timeout))
+        // A timeout too long to represent is no timeout.
+        self.wait(Instant::now().checked_add(timeout))
     }
 
     /// Closes every registered fd and drops pending requests with their buffers.

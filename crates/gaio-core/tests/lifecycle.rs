@@ -157,7 +157,6 @@ fn drop_with_requests_in_flight_closes_every_fd() {
     let _serial = serial();
     raise_fd_limit();
     let start = fd_count();
-    let threads = std::fs::read_dir("/proc/self/task").unwrap().count();
     let pairs = tcp_pairs(5000);
     let mut w: Watcher<usize> = Watcher::new().unwrap();
     let tx = w.submitter();
@@ -216,8 +215,7 @@ fn drop_with_requests_in_flight_closes_every_fd() {
     assert!(tx.is_closed());
     drop(tx);
     assert_fds_back_to(start);
-    let now = std::fs::read_dir("/proc/self/task").unwrap().count();
-    assert_eq!(now, threads, "no thread left behind");
+    // No thread to check for: a Watcher never starts one (gaio-core spawns none).
 }
 
 #[test]
@@ -243,8 +241,10 @@ fn wake_from_another_thread_returns_an_empty_batch() {
         tx.wake().unwrap();
     });
     started_tx.send(()).unwrap();
-    // Blocks with no timeout: only the wake can end it.
-    assert_eq!(w.wait_io().unwrap().count(), 0);
+    // Nothing is registered: only the wake can end this wait before the timeout.
+    let start = Instant::now();
+    assert_eq!(w.wait_io_timeout(PATIENCE).unwrap().count(), 0);
+    assert!(start.elapsed() < PATIENCE, "the wake did not end the wait");
     waker.join().unwrap();
 }
 

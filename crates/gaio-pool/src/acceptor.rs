@@ -115,17 +115,19 @@ fn accept_loop<C>(
                     if backoff.take().is_some() {
                         tracing::info!("gaio-pool: accepting again");
                     }
-                    match inner.dispatch(fd, peer, to) {
-                        Ok((i, _)) => {
-                            inner.counters[i].accepts.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(Error::WatcherClosed) => return,
+                    match inner.dispatch(fd, peer, to, true) {
+                        Ok(_) => {}
+                        Err(Error::WatcherClosed) if inner.closed.load(Ordering::Acquire) => return,
+                        // The connection is closed; the listener keeps serving.
                         Err(e) => {
                             tracing::warn!(error = %e, "gaio-pool: could not hand over a connection")
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    backoff = None; // drained: wait for the next edge, not a timer
+                    break;
+                }
                 Err(e) if out_of_resources(&e) => {
                     // Log once per burst; keep serving existing connections.
                     let next = match backoff {

@@ -171,7 +171,7 @@ pub(crate) struct Inner<C> {
     workers: Vec<Arc<Worker<C>>>,
     counters: Vec<Arc<Counters>>,
     balancer: ArcSwap<Box<dyn Balancer>>,
-    closed: AtomicBool,
+    pub(crate) closed: AtomicBool,
     /// Core of each watcher thread, if pinned.
     cores: Vec<Option<usize>>,
 }
@@ -186,18 +186,43 @@ impl<C> Inner<C> {
 
     /// Registers `fd` on watcher `to` (or the balancer's choice) and tells its
     /// handler.
+    /// `accepted`: it came from one of the pool's listeners (counted in stats).
     pub(crate) fn dispatch(
         &self,
         fd: OwnedFd,
         peer: Option<SocketAddr>,
         to: Option<usize>,
+        accepted: bool,
     ) -> Result<(usize, Conn)> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::WatcherClosed);
         }
-        let index = to.unwrap_or_else(|| self.pick(peer));
+        let n = self.workers.len();
+        let mut index = to.unwrap_or_else(|| self.pick(peer));
+        if self.workers[index].tx.is_closed() {
+            // That watcher's thread is gone (its handler panicked): keep serving on
+            // the others rather than refusing every connection sent its way.
+            let live = (1..n)
+                .map(|k| (index + k) % n)
+                .find(|&i| !self.workers[i].tx.is_closed());
+            match live {
+                Some(i) => {
+                    tracing::warn!(
+                        dead = index,
+                        to = i,
+                        "gaio-pool: watcher is gone; connection sent elsewhere"
+                    );
+                    index = i;
+                }
+                None => return Err(Error::WatcherClosed),
+            }
+        }
         let w = &self.workers[index];
         let conn = w.tx.register(fd)?;
+        if accepted {
+            // Before the handler can see it, so stats never lag a Connected event.
+            w.counters.accepts.fetch_add(1, Ordering::Relaxed);
+        }
         w.new_conns.push((conn, peer));
         w.tx.wake()?;
         Ok((index, conn))
@@ -290,40 +315,54 @@ impl Builder {
             );
         }
         let factory = Arc::new(factory);
-        let mut workers = Vec::with_capacity(n);
+        let mut workers: Vec<Arc<Worker<C>>> = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         let mut core_of = Vec::with_capacity(n);
-        for i in 0..n {
-            let core = if pin { cores.get(i).copied() } else { None };
-            let mut b = gaio_core::Watcher::builder()
-                .swap_buffer(self.swap)
-                .busy_poll(self.busy_poll);
-            if let Some(c) = core {
-                b = b.cpu(c);
+        let mut start = || -> Result<()> {
+            for i in 0..n {
+                let core = if pin { cores.get(i).copied() } else { None };
+                let mut b = gaio_core::Watcher::builder()
+                    .swap_buffer(self.swap)
+                    .busy_poll(self.busy_poll);
+                if let Some(c) = core {
+                    b = b.cpu(c);
+                }
+                let w: Watcher<C> = b.build()?;
+                let worker = Arc::new(Worker {
+                    tx: w.submitter(),
+                    new_conns: SegQueue::new(),
+                    counters: Arc::new(Counters {
+                        conns: w.submitter().conn_counts(),
+                        pending_reads: AtomicUsize::new(0),
+                        pending_writes: AtomicUsize::new(0),
+                        completions: AtomicU64::new(0),
+                        accepts: AtomicU64::new(0),
+                    }),
+                    stop: AtomicBool::new(false),
+                    grace_nanos: AtomicU64::new(0),
+                });
+                let f = factory.clone();
+                let wk = worker.clone();
+                let t = std::thread::Builder::new()
+                    .name(format!("gaio-w{i}"))
+                    .spawn(move || run_watcher(i, w, &wk, f(i)))
+                    .map_err(Error::Io)?;
+                workers.push(worker);
+                threads.push(t);
+                core_of.push(core);
             }
-            let w: Watcher<C> = b.build()?;
-            let worker = Arc::new(Worker {
-                tx: w.submitter(),
-                new_conns: SegQueue::new(),
-                counters: Arc::new(Counters {
-                    conns: w.submitter().conn_counts(),
-                    pending_reads: AtomicUsize::new(0),
-                    pending_writes: AtomicUsize::new(0),
-                    completions: AtomicU64::new(0),
-                    accepts: AtomicU64::new(0),
-                }),
-                stop: AtomicBool::new(false),
-                grace_nanos: AtomicU64::new(0),
-            });
-            let f = factory.clone();
-            let wk = worker.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("gaio-w{i}"))
-                .spawn(move || run_watcher(i, w, &wk, f(i)))
-                .map_err(Error::Io)?;
-            workers.push(worker);
-            threads.push(t);
-            core_of.push(core);
+            Ok(())
+        };
+        if let Err(e) = start() {
+            // Stop the watchers already running: nobody else can.
+            for w in &workers {
+                w.stop.store(true, Ordering::Release);
+                let _ = w.tx.wake();
+            }
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(e);
         }
         let counters = workers.iter().map(|w| w.counters.clone()).collect();
         Ok(Pool {
@@ -428,7 +467,7 @@ impl<C: Send + 'static> Pool<C> {
             .peer_addr()
             .ok()
             .and_then(|a| a.as_socket());
-        self.inner.dispatch(fd, peer, None)
+        self.inner.dispatch(fd, peer, None, false)
     }
 
     /// Replaces the balancer; the next accepted connection uses the new one. No
@@ -457,15 +496,22 @@ impl<C: Send + 'static> Pool<C> {
     /// Stops accepting, lets pending writes finish for up to `grace`, then frees
     /// every connection (handlers see each remaining request complete, with
     /// `ConnClosed`), closes the watchers and joins every thread.
+    ///
+    /// # Panics
+    /// If a handler panicked on a watcher thread, that panic resumes here once
+    /// every thread is joined (as `std::thread::scope` does).
     pub fn shutdown(mut self, grace: Duration) {
-        self.stop(grace);
+        if let Some(panic) = self.stop(grace) {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
 impl<C> Pool<C> {
-    fn stop(&mut self, grace: Duration) {
+    /// Stops everything; returns the first handler panic, if any.
+    fn stop(&mut self, grace: Duration) -> Option<Box<dyn std::any::Any + Send>> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
-            return;
+            return None;
         }
         let acceptors =
             std::mem::take(&mut *self.acceptors.lock().unwrap_or_else(|e| e.into_inner()));
@@ -478,18 +524,23 @@ impl<C> Pool<C> {
             w.stop.store(true, Ordering::Release);
             let _ = w.tx.wake();
         }
+        let mut first_panic = None;
         for t in self.threads.drain(..) {
-            if t.join().is_err() {
+            if let Err(p) = t.join() {
                 tracing::error!("gaio-pool: a watcher thread panicked");
+                first_panic.get_or_insert(p);
             }
         }
+        first_panic
     }
 }
 
 impl<C> Drop for Pool<C> {
     fn drop(&mut self) {
         let grace = self.grace;
-        self.stop(grace);
+        // Dropping must not panic (it may run during unwinding); the panic was
+        // logged. `shutdown` re-raises it instead.
+        let _ = self.stop(grace);
     }
 }
 

@@ -191,3 +191,63 @@ fn reuseport_listeners_all_accept_and_keep_their_connections() {
         echo_once(c, &pattern(i, 64));
     }
 }
+
+/// Regression: a watcher whose handler panicked made the acceptor give up, and
+/// the pool silently stopped accepting.
+#[test]
+fn a_dead_watcher_does_not_stop_the_listener() {
+    let _serial = serial();
+    use gaio_core::Op;
+    use gaio_pool::{Event, Io};
+    let (tx, rx) = channel();
+    let pool = Pool::builder()
+        .watchers(2)
+        .pin(false)
+        .build(move |_| {
+            let tx = tx.clone();
+            move |io: &Io<()>, ev: Event<'_, ()>| match ev {
+                Event::Connected { conn, peer } => {
+                    assert!(io.index() != 0, "handler 0 dies on its first connection");
+                    let _ = tx.send(Note::Connected {
+                        watcher: io.index(),
+                        peer,
+                    });
+                    io.read(conn, (), None).unwrap();
+                }
+                Event::Completed(res) => match res.op {
+                    Op::Read if res.result.is_ok() && res.size > 0 => {
+                        io.write(res.conn, (), res.data().to_vec()).unwrap()
+                    }
+                    Op::Write => io.read(res.conn, (), None).unwrap(),
+                    _ => io.free(res.conn).unwrap(),
+                },
+            }
+        })
+        .unwrap();
+    pool.set_balancer(Always(0));
+    let addr = pool.listen("127.0.0.1:0").unwrap();
+    let _victim = std::net::TcpStream::connect(addr).unwrap();
+    // Until watcher 0 is fully gone a connection may still land on it and be
+    // closed; after that every connection must be served by watcher 1.
+    let mut served = Vec::new();
+    let end = std::time::Instant::now() + PATIENCE;
+    while served.len() < 3 {
+        assert!(
+            std::time::Instant::now() < end,
+            "the listener stopped serving"
+        );
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        let me = c.local_addr().unwrap();
+        if let Ok(Note::Connected { watcher, peer }) =
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+        {
+            assert_eq!((watcher, peer), (1, Some(me)));
+            echo_once(&mut c, b"still here");
+            served.push(c);
+        }
+    }
+    let shutdown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.shutdown(std::time::Duration::from_millis(50))
+    }));
+    assert!(shutdown.is_err(), "shutdown re-raises the handler's panic");
+}

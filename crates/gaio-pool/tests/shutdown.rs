@@ -18,6 +18,7 @@ fn shutdown_with_1000_live_conns_and_pending_writes() {
     raise_fd_limit();
     let fds = fd_count();
     let threads = thread_count();
+    assert_eq!(threads, 0);
     let submitted = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -67,6 +68,7 @@ fn shutdown_with_1000_live_conns_and_pending_writes() {
             .recv_timeout(PATIENCE)
             .expect("all 1000 connections handed over");
     }
+    assert!(thread_count() >= 2, "the watcher threads are counted");
     pool.shutdown(Duration::from_millis(200));
     let (s, o, f) = (
         submitted.load(Ordering::SeqCst),

@@ -148,6 +148,8 @@ pub struct Done<C> {
     pub data: Vec<u8>,
     /// The caller's buffer, if it had one.
     pub owned: Option<Vec<u8>>,
+    /// When the batch holding it was returned.
+    pub at: Instant,
 }
 
 /// Runs `wait_io_timeout` until `n` completions arrived (panics after [`PATIENCE`]).
@@ -165,10 +167,11 @@ pub fn collect_within<C>(w: &mut Watcher<C>, n: usize, patience: Duration) -> Ve
             "only {} of {n} completions within {patience:?}",
             out.len()
         );
-        for c in w
+        let batch = w
             .wait_io_timeout(left.min(Duration::from_millis(200)))
-            .unwrap()
-        {
+            .unwrap();
+        let at = Instant::now();
+        for c in batch {
             let data = c.data().to_vec();
             let owned = match c.buffer {
                 Buffer::Owned(v) => Some(v),
@@ -182,6 +185,7 @@ pub fn collect_within<C>(w: &mut Watcher<C>, n: usize, patience: Duration) -> Ve
                 result: c.result,
                 data,
                 owned,
+                at,
             });
         }
     }

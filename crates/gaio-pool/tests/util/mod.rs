@@ -31,8 +31,16 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Threads the pool started (it names them `gaio-w{N}` and `gaio-accept…`). The
+/// test harness's own threads come and go, so they are not counted.
 pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("gaio-"))
+        })
+        .count()
 }
 
 /// What the echo handler reports.
