@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -227,11 +227,12 @@ impl<C> Shared<C> {
         } else {
             self.remote.push(q);
         }
+        // Store-buffering handshake with `Watcher::poll`, all four accesses SeqCst
+        // (one total order, no fence needed): either the watcher's load of
+        // `pushed` sees this command before it blocks, or our load of `parked`
+        // sees it parked and we wake it.
         self.pushed.fetch_add(1, Ordering::SeqCst);
-        // Pairs with the fence in `Watcher::poll`: either the watcher sees this
-        // command before it blocks, or we see `parked` and wake it.
-        fence(Ordering::SeqCst);
-        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::AcqRel) {
             let waker = self.waker.read().unwrap_or_else(|e| e.into_inner());
             if let Some(Err(e)) = waker.as_ref().map(Waker::wake) {
                 // The command is queued: reporting Err would break "refused or

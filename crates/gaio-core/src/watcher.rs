@@ -3,7 +3,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gaio_sys::{Events, FdKind, IOV_MAX, Poller, Waker};
@@ -600,10 +600,10 @@ impl<C> Watcher<C> {
             self.remote_trim.at_park(&mut self.remote_buf);
             self.dirty_trim.at_park(&mut self.dirty);
             self.done_trim.at_park(&mut self.eng.done);
-            // Pairs with the fence in `Shared::push`: a submitter either sees
-            // `parked` and wakes us, or we see its command and do not block.
-            shared.parked.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
+            // The other half of the handshake in `Shared::push` (SeqCst store, then
+            // SeqCst load in `has_queued`): a submitter either sees `parked` and
+            // wakes us, or we see its command and do not block.
+            shared.parked.store(true, Ordering::SeqCst);
             if shared.has_queued(self.drained) {
                 shared.parked.store(false, Ordering::Relaxed);
                 return Ok(false);
