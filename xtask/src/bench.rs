@@ -131,11 +131,6 @@ impl Running {
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
-
-    fn stop(self) {
-        // Drop does it: SIGTERM (so callgrind writes its profile), then wait.
-        drop(self);
-    }
 }
 
 impl Drop for Running {
@@ -221,7 +216,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
+/// The `p` quantile of sorted nanosecond samples, in µs.
+pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -273,7 +269,7 @@ fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
             },
             PATIENCE,
         )?;
-        let mut lat = o.latencies_ns.clone();
+        let mut lat = o.latencies_ns;
         lat.sort_unstable();
         rt.push(o.msgs as f64 / o.busy.as_secs_f64());
         p50.push(percentile(&lat, 0.50));
@@ -305,7 +301,7 @@ fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
         let c1 = srv.cpu();
         mps.push(o.msgs as f64 / o.busy.as_secs_f64());
         cpu.push((c1 - c0) * 1000.0 / (o.msgs as f64 / 1000.0));
-        srv.stop();
+        drop(srv); // SIGTERM (callgrind writes its profile), then wait
         // n conns × 1 KiB once, each on a fresh server (the seed's 8K test).
         for (k, &n) in REGRESSION.iter().enumerate() {
             let srv = Running::start(&bin, &s.args, &[])?;
@@ -320,7 +316,7 @@ fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
                 PATIENCE,
             )?;
             reg[k].push(o.elapsed.as_secs_f64());
-            srv.stop();
+            drop(srv); // SIGTERM (callgrind writes its profile), then wait
         }
         // Idle memory: RSS growth per registered connection.
         let srv = Running::start(&bin, &s.args, &[])?;
@@ -356,7 +352,7 @@ fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
         let rss1 = srv.rss_bytes();
         idle.push((rss1 as f64 - rss0 as f64) / n as f64);
         drop(conns);
-        srv.stop();
+        drop(srv); // SIGTERM (callgrind writes its profile), then wait
     }
     f.rt_per_s = median(rt);
     f.p50_us = median(p50);
@@ -406,7 +402,7 @@ fn instructions(bin: &Path, args: &[String], set: Settings) -> io::Result<f64> {
             },
             Duration::from_secs(600),
         )?;
-        srv.stop();
+        drop(srv); // SIGTERM (callgrind writes its profile), then wait
         let text = std::fs::read_to_string(&out)?;
         let total = text
             .lines()

@@ -186,10 +186,7 @@ fn load_cmd(args: &[String]) -> Result<(), String> {
         load::run(addr, spec, std::time::Duration::from_secs(600)).map_err(|e| e.to_string())?;
     let mut lat = o.latencies_ns;
     lat.sort_unstable();
-    let p = |q: f64| {
-        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
-            .map_or(0.0, |&n| n as f64 / 1000.0)
-    };
+    let p = |q: f64| bench::percentile(&lat, q);
     println!(
         "{} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s, p50 {:.1} µs, p99 {:.1} µs (every byte verified)",
         o.msgs,

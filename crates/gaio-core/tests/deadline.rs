@@ -12,10 +12,7 @@ use util::*;
 #[test]
 fn read_on_silent_peer_completes_with_deadline_not_before() {
     let _serial = serial();
-    let (_c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (_c, mut w, tx, conn) = watched::<()>();
     let deadline = Instant::now() + Duration::from_millis(50);
     tx.read_timeout(conn, (), None, deadline).unwrap();
     let d = one(&mut w);
@@ -28,10 +25,7 @@ fn read_on_silent_peer_completes_with_deadline_not_before() {
 #[test]
 fn past_deadline_completes_on_next_wait_io() {
     let _serial = serial();
-    let (_c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (_c, mut w, tx, conn) = watched::<()>();
     let past = Instant::now() - Duration::from_secs(1);
     tx.read_timeout(conn, (), Some(vec![0; 8]), past).unwrap();
     tx.write_timeout(conn, (), vec![1; 8], past).unwrap();
@@ -46,10 +40,7 @@ fn past_deadline_completes_on_next_wait_io() {
 #[test]
 fn deadline_reports_partial_read_full_count() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     c.write_all(b"abc").unwrap();
     tx.read_full(
         conn,
@@ -67,10 +58,7 @@ fn deadline_reports_partial_read_full_count() {
 #[test]
 fn write_timeout_fires_when_peer_never_reads() {
     let _serial = serial();
-    let (_c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (_c, mut w, tx, conn) = watched::<()>();
     let big = vec![9u8; 64 << 20];
     tx.write_timeout(conn, (), big, Instant::now() + Duration::from_millis(100))
         .unwrap();
@@ -83,10 +71,7 @@ fn write_timeout_fires_when_peer_never_reads() {
 #[test]
 fn deadline_of_queued_request_completes_it_ahead_of_the_head() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<u8> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<u8>();
     tx.read(conn, 1, None).unwrap();
     tx.read_timeout(conn, 2, None, Instant::now() + Duration::from_millis(30))
         .unwrap();
@@ -106,10 +91,7 @@ fn deadline_of_queued_request_completes_it_ahead_of_the_head() {
 #[test]
 fn finished_requests_disarm_their_timers() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     for _ in 0..100 {
         tx.read_timeout(conn, (), None, Instant::now() + Duration::from_secs(30))
             .unwrap();

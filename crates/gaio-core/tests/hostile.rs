@@ -69,10 +69,7 @@ fn slowloris_1000_conns_read_full_with_deadlines() {
 #[test]
 fn reset_in_the_middle_of_a_large_write() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     tx.write(conn, (), pattern(3, 32 << 20)).unwrap();
     let reader = std::thread::spawn(move || {
         let mut got = vec![0u8; 1 << 20];
@@ -106,10 +103,7 @@ fn reset_in_the_middle_of_a_large_write() {
 #[test]
 fn half_close_peer_still_reads_our_writes() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<u8> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<u8>();
     tx.read(conn, 1, None).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     let d = one(&mut w);

@@ -70,10 +70,7 @@ fn requests_and_register_after_close_fail_from_any_submitter() {
 #[test]
 fn free_completes_pending_requests_with_conn_closed() {
     let _serial = serial();
-    let (_c, s) = tcp_pair();
-    let mut w: Watcher<u8> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (_c, mut w, tx, conn) = watched::<u8>();
     tx.read(conn, 1, None).unwrap();
     tx.read(conn, 2, Some(vec![0; 16])).unwrap();
     tx.write(conn, 3, vec![5; 32 << 20]).unwrap(); // the peer never reads: stays pending
@@ -221,10 +218,7 @@ fn drop_with_requests_in_flight_closes_every_fd() {
 #[test]
 fn results_carry_op_and_conn() {
     let _serial = serial();
-    let (_c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (_c, mut w, tx, conn) = watched::<()>();
     tx.write(conn, (), b"hi".to_vec()).unwrap();
     let d = one(&mut w);
     assert_eq!((d.op, d.conn, d.size), (Op::Write, conn, 2));

@@ -15,10 +15,7 @@ use util::*;
 #[test]
 fn empty_buffers_are_refused_at_once() {
     let _serial = serial();
-    let (_c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (_c, mut w, tx, conn) = watched::<()>();
     assert!(matches!(
         tx.write(conn, (), Vec::new()),
         Err(Error::EmptyBuffer)
@@ -69,10 +66,7 @@ fn context_is_handed_back_unchanged() {
         id: u64,
         name: String,
     }
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<Session> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<Session>();
     tx.write(
         conn,
         Session {
@@ -114,10 +108,7 @@ fn context_is_handed_back_unchanged() {
 #[test]
 fn read_full_waits_for_every_byte() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     tx.read_full(conn, (), vec![0; 10], None).unwrap();
     c.write_all(b"0123").unwrap();
     assert_quiet(&mut w, Duration::from_millis(30));
@@ -130,10 +121,7 @@ fn read_full_waits_for_every_byte() {
 #[test]
 fn read_full_eof_before_full_is_unexpected_eof() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     tx.read_full(conn, (), vec![0; 10], None).unwrap();
     c.write_all(b"abc").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
@@ -153,10 +141,7 @@ fn read_full_eof_before_full_is_unexpected_eof() {
 #[test]
 fn socket_close_completes_pending_read_with_eof() {
     let _serial = serial();
-    let (c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (c, mut w, tx, conn) = watched::<()>();
     tx.read(conn, (), None).unwrap();
     tx.read(conn, (), Some(vec![0; 8])).unwrap();
     drop(c);
@@ -173,10 +158,7 @@ fn socket_close_completes_pending_read_with_eof() {
 #[test]
 fn peer_reset_fails_pending_read_and_write() {
     let _serial = serial();
-    let (c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (c, mut w, tx, conn) = watched::<()>();
     tx.read(conn, (), None).unwrap();
     assert_quiet(&mut w, Duration::from_millis(10));
     socket2::SockRef::from(&c)
@@ -210,10 +192,7 @@ fn write_on_closed_conn_errors_without_sigpipe() {
             count_sigpipe as *const () as libc::sighandler_t,
         )
     };
-    let (c, s) = tcp_pair();
-    let mut w: Watcher<usize> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (c, mut w, tx, conn) = watched::<usize>();
     drop(c);
     // Keep writing until the reset surfaces; every write completes exactly once.
     let mut err = None;
@@ -244,10 +223,7 @@ fn write_on_closed_conn_errors_without_sigpipe() {
 #[test]
 fn request_on_ready_fd_completes_without_a_new_edge() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<u8> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<u8>();
     tx.read(conn, 1, Some(vec![0; 4])).unwrap();
     c.write_all(b"0123456789").unwrap();
     let d = one(&mut w);
@@ -263,10 +239,7 @@ fn request_on_ready_fd_completes_without_a_new_edge() {
 #[test]
 fn queued_writes_go_out_in_order_in_one_writev() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<usize> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<usize>();
     let before = w.stats().syscalls;
     for i in 0..20 {
         tx.write(conn, i, pattern(i, 100)).unwrap();
@@ -350,10 +323,7 @@ fn short_read_then_peer_close_still_reports_eof() {
 #[test]
 fn zero_timeout_wait_still_polls() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     tx.read(conn, (), None).unwrap();
     assert_eq!(w.wait_io_timeout(Duration::ZERO).unwrap().count(), 0);
     c.write_all(b"later").unwrap();
@@ -381,10 +351,7 @@ fn zero_timeout_wait_still_polls() {
 #[test]
 fn write_then_free_in_one_batch_sends_the_write() {
     let _serial = serial();
-    let (mut c, s) = tcp_pair();
-    let mut w: Watcher<()> = Watcher::new().unwrap();
-    let tx = w.submitter();
-    let conn = w.register(s).unwrap();
+    let (mut c, mut w, tx, conn) = watched::<()>();
     tx.write(conn, (), b"bye".to_vec()).unwrap();
     tx.free(conn).unwrap();
     let d = one(&mut w);

@@ -169,6 +169,8 @@ struct Worker<C> {
 
 pub(crate) struct Inner<C> {
     workers: Vec<Arc<Worker<C>>>,
+    /// The workers' counters again, as one slice free of `C`: what `Loads` shows
+    /// a `Balancer`.
     counters: Vec<Arc<Counters>>,
     balancer: ArcSwap<Box<dyn Balancer>>,
     pub(crate) closed: AtomicBool,

@@ -149,6 +149,16 @@ pub fn tcp_pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
         .collect()
 }
 
+/// A loopback pair whose server side is registered on a fresh watcher: (client,
+/// watcher, submitter, conn), the start of most tests.
+pub fn watched<C>() -> (TcpStream, Watcher<C>, gaio_core::Submitter<C>, Conn) {
+    let (c, s) = tcp_pair();
+    let mut w: Watcher<C> = Watcher::new().unwrap();
+    let tx = w.submitter();
+    let conn = w.register(s).unwrap();
+    (c, w, tx, conn)
+}
+
 /// A completion with the swap bytes copied out, so it outlives the batch.
 #[derive(Debug)]
 pub struct Done<C> {
