@@ -1,6 +1,5 @@
 //! Listener threads: accept, pick a watcher, hand the connection over.
 
-use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -9,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use gaio_core::{Error, Result};
-use gaio_sys::{Events, Poller, Waker};
+use gaio_sys::{AcceptError, Events, Poller, Waker};
 
 use crate::Inner;
 
@@ -83,13 +82,6 @@ impl Acceptor {
     }
 }
 
-fn out_of_resources(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 fn accept_loop<C>(
     listener: &TcpListener,
     poller: &Poller,
@@ -124,33 +116,31 @@ fn accept_loop<C>(
                         }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    backoff = None; // drained: wait for the next edge, not a timer
-                    break;
-                }
-                Err(e) if out_of_resources(&e) => {
-                    // Log once per burst; keep serving existing connections.
-                    let next = match backoff {
-                        None => {
-                            tracing::warn!(error = %e, "gaio-pool: accept failed, backing off");
-                            BACKOFF_MIN
-                        }
-                        Some(b) => (b * 2).min(BACKOFF_MAX),
-                    };
-                    backoff = Some(next);
-                    break;
-                }
-                // The client gave up before we accepted: nothing to do.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
-                    ) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "gaio-pool: accept failed");
-                    backoff = Some(backoff.map_or(BACKOFF_MIN, |b| (b * 2).min(BACKOFF_MAX)));
-                    break;
-                }
+                Err(e) => match AcceptError::of(&e) {
+                    AcceptError::WouldBlock => {
+                        backoff = None; // drained: wait for the next edge, not a timer
+                        break;
+                    }
+                    AcceptError::Exhausted => {
+                        // Log once per burst; keep serving existing connections.
+                        let next = match backoff {
+                            None => {
+                                tracing::warn!(error = %e, "gaio-pool: accept failed, backing off");
+                                BACKOFF_MIN
+                            }
+                            Some(b) => (b * 2).min(BACKOFF_MAX),
+                        };
+                        backoff = Some(next);
+                        break;
+                    }
+                    // The client gave up before we accepted: nothing to do.
+                    AcceptError::Transient => {}
+                    AcceptError::Fatal => {
+                        tracing::warn!(error = %e, "gaio-pool: accept failed");
+                        backoff = Some(backoff.map_or(BACKOFF_MIN, |b| (b * 2).min(BACKOFF_MAX)));
+                        break;
+                    }
+                },
             }
         }
     }

@@ -51,16 +51,16 @@ pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     retry(|| syscall!(writev(fd.as_raw_fd(), bufs.as_ptr().cast(), n)).map(|n| n as usize))
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(not(target_vendor = "apple"))]
 const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
-// macOS and the BSDs have no MSG_NOSIGNAL everywhere: gaio-core sets SO_NOSIGPIPE on
-// each socket it registers (`set_nonblocking` does it).
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+// Apple has no MSG_NOSIGNAL: gaio-core sets SO_NOSIGPIPE on each socket it
+// registers (`set_nonblocking` does it). Linux and the BSDs have the flag.
+#[cfg(target_vendor = "apple")]
 const SEND_FLAGS: libc::c_int = 0;
 
 /// Sends on a connected stream socket without ever raising `SIGPIPE`
-/// (`MSG_NOSIGNAL` on Linux; on BSD/macOS the socket must have `SO_NOSIGPIPE`, which
-/// [`set_nonblocking`] sets for sockets).
+/// (`MSG_NOSIGNAL` on Linux and the BSDs; on macOS the socket must have
+/// `SO_NOSIGPIPE`, which [`set_nonblocking`] sets for sockets).
 ///
 /// # Errors
 /// `WouldBlock` when the send buffer is full; `EPIPE`/`ECONNRESET` when the peer is
@@ -93,13 +93,56 @@ pub fn sendv(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     retry(|| syscall!(sendmsg(fd.as_raw_fd(), &msg, SEND_FLAGS)).map(|n| n as usize))
 }
 
+/// What an `accept` failure means for the loop that calls it, so callers need no
+/// errno values of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptError {
+    /// No connection is waiting (`EAGAIN`): wait for the listener's next edge.
+    WouldBlock,
+    /// The process or system is out of fds or kernel memory (`EMFILE`, `ENFILE`,
+    /// `ENOBUFS`, `ENOMEM`). The queued connections raise no new edge, so retry
+    /// after a pause rather than spinning or waiting for an event.
+    Exhausted,
+    /// This one connection failed before it could be accepted (`ECONNABORTED`,
+    /// `EPROTO`, `EPERM` from a firewall, `EINTR`): accept the next one at once.
+    Transient,
+    /// Anything else (a closed or invalid listener, `EINVAL`, `ENOTSOCK`, …): the
+    /// listener itself is in trouble.
+    Fatal,
+}
+
+impl AcceptError {
+    /// Classifies an error returned by [`accept`].
+    ///
+    /// ```
+    /// use gaio_sys::AcceptError;
+    /// let e = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+    /// assert_eq!(AcceptError::of(&e), AcceptError::WouldBlock);
+    /// ```
+    pub fn of(e: &io::Error) -> AcceptError {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return AcceptError::WouldBlock;
+        }
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                AcceptError::Exhausted
+            }
+            Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR) => {
+                AcceptError::Transient
+            }
+            _ => AcceptError::Fatal,
+        }
+    }
+}
+
 /// Accepts one connection from a listening socket. The new fd is close-on-exec and
 /// nonblocking (`accept4` where the OS has it). Returns the peer address when it is
 /// IPv4 or IPv6, `None` for other families (Unix sockets).
 ///
 /// # Errors
 /// `WouldBlock` when no connection is waiting; `EMFILE`/`ENFILE` when out of fds;
-/// `ECONNABORTED` when a queued connection was reset before it was accepted.
+/// `ECONNABORTED` when a queued connection was reset before it was accepted;
+/// [`AcceptError::of`] says what each means for the accept loop.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Option<SocketAddr>)> {
     // SAFETY: sockaddr_storage is plain data; all-zeroes is a valid (unspecified) value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -212,7 +255,7 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Switches `O_NONBLOCK` on or off. On BSD/macOS it also sets `SO_NOSIGPIPE` on
+/// Switches `O_NONBLOCK` on or off. On macOS and iOS it also sets `SO_NOSIGPIPE` on
 /// sockets, so [`send`]/[`sendv`] never raise `SIGPIPE` there either. Socket options
 /// the application set (nodelay, keepalive, linger, buffer sizes) are untouched.
 ///
@@ -228,7 +271,7 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     if new != flags {
         syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    #[cfg(target_vendor = "apple")]
     if fd_kind(fd)? == FdKind::Socket {
         let one: libc::c_int = 1;
         syscall!(setsockopt(

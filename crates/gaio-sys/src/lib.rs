@@ -10,7 +10,7 @@
 //! * Nonblocking calls on raw fds: [`read`], [`send`], [`write()`], [`sendv`], [`writev`],
 //!   [`accept`], [`set_nonblocking`], [`fd_kind`]. `EINTR` is retried inside; `EAGAIN`
 //!   comes back as [`std::io::ErrorKind::WouldBlock`]; [`send`] and [`sendv`] never raise
-//!   `SIGPIPE`.
+//!   `SIGPIPE`. [`AcceptError`] says what an accept failure means for an accept loop.
 //! * Thread pinning: [`pin_current_thread`] and [`current_thread_affinity`].
 //!
 //! # Quick start
@@ -47,10 +47,17 @@
 //! | Linux, Android | `epoll` (`EPOLLET`) | `eventfd` |
 //! | macOS, iOS, FreeBSD, OpenBSD, NetBSD, DragonFly | `kqueue` (`EV_CLEAR`) | `EVFILT_USER` |
 //!
+//! `EVFILT_USER` exists on macOS, FreeBSD ≥ 8.1, DragonFly ≥ 4.0, NetBSD ≥ 10 and
+//! OpenBSD ≥ 7.8; on older systems `Waker::new` fails with the kernel's error. The
+//! kqueue backend needs a 64-bit target. CI type-checks it (clippy for
+//! x86_64/aarch64 macOS, FreeBSD and NetBSD); no machine here runs it.
+//!
 //! Every backend provides the same names with the same rules:
 //!
-//! * `Poller::new`, `register(fd, token)` (edge-triggered, read + write + hang-up; adding
-//!   an fd twice is an error, `EEXIST`), `deregister(fd)`, `wait(events, timeout)`.
+//! * `Poller::new`, `register(fd, token)` (edge-triggered, read + write + hang-up),
+//!   `deregister(fd)` (`ENOENT` if not registered), `wait(events, timeout)`. One
+//!   difference kqueue forces: epoll refuses an fd added twice (`EEXIST`), kqueue
+//!   replaces its token — callers register each fd once.
 //! * `wait` with `None` blocks until an event or a wake; `Some(d)` returns after at
 //!   most about `d` with possibly no events; a timeout under 1 ms that is not zero is
 //!   rounded up to 1 ms, never down to a busy spin. `EINTR` returns `Ok` with no
@@ -115,7 +122,9 @@ mod affinity;
 mod io;
 
 pub use affinity::{current_thread_affinity, pin_current_thread};
-pub use io::{FdKind, accept, fd_kind, read, send, sendv, set_nonblocking, write, writev};
+pub use io::{
+    AcceptError, FdKind, accept, fd_kind, read, send, sendv, set_nonblocking, write, writev,
+};
 
 /// The most buffers one [`writev`]/[`sendv`] call passes to the kernel. POSIX
 /// guarantees at least 16 (`_XOPEN_IOV_MAX`); Linux and the BSDs allow 1024.
