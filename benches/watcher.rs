@@ -1,21 +1,20 @@
 //! Criterion micro benchmarks of the Watcher, each beside a baseline doing the
 //! same I/O with plain std calls, so the figure that matters is the ratio.
 //!
-//! Run: `cargo bench` (or `cargo bench -- ready_fd` for one group).
+//! Run: `cargo bench -p gaio-bench` (or `cargo bench -p gaio-bench -- ready_fd` for
+//! one group).
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gaio::{Conn, Submitter, Watcher};
 
 fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (s, _) = l.accept().unwrap();
+    let (c, s) = gaio_testkit::tcp_pair();
     c.set_nodelay(true).unwrap();
     s.set_nodelay(true).unwrap();
     (c, s)

@@ -9,16 +9,6 @@ use std::time::Duration;
 use gaio_pool::Pool;
 use util::*;
 
-fn set_soft_limit(n: u64) {
-    // SAFETY: rlimit is plain data; getrlimit/setrlimit only read/write it.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        r.rlim_cur = n;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
-    }
-}
-
 /// CPU seconds (user + system) this process has used, read through a file opened
 /// before the fd limit was lowered.
 fn cpu_seconds(stat: &std::fs::File) -> f64 {
@@ -46,7 +36,7 @@ fn emfile_at_accept_backs_off_and_recovers() {
         .collect();
     let stat = std::fs::File::open("/proc/self/stat").unwrap();
     // Room for 10 accepted connections, then EMFILE.
-    set_soft_limit(fd_count() as u64 + 10);
+    gaio_testkit::set_fd_limit(fd_count() as u64 + 10);
     let mut clients: Vec<std::net::TcpStream> = socks
         .into_iter()
         .map(|s| {

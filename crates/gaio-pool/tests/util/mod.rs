@@ -1,6 +1,7 @@
 //! Helpers for the gaio-pool tests: an echo handler that reports what it sees,
-//! bounded waits on those reports, fd and thread counts.
-#![allow(dead_code, missing_docs)]
+//! bounded waits on those reports; the workspace-wide helpers come from
+//! `gaio-testkit`.
+#![allow(dead_code, missing_docs, unused_imports)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{Receiver, Sender};
@@ -8,39 +9,11 @@ use std::time::{Duration, Instant};
 
 use gaio_core::Op;
 use gaio_pool::{Builder, Event, Io, Pool};
+pub use gaio_testkit::{PATIENCE, fd_count, pattern, raise_fd_limit, serial};
 
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Serialises the tests of one binary (they count fds and threads).
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-pub fn raise_fd_limit() {
-    // SAFETY: rlimit is plain data; getrlimit/setrlimit only read/write it.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
-        r.rlim_cur = r.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0);
-    }
-}
-
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Threads the pool started (it names them `gaio-w{N}` and `gaio-accept…`). The
-/// test harness's own threads come and go, so they are not counted.
+/// Threads the pool started (it names them `gaio-w{N}` and `gaio-accept…`).
 pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("gaio-"))
-        })
-        .count()
+    gaio_testkit::thread_count("gaio-")
 }
 
 /// What the echo handler reports.
@@ -134,19 +107,6 @@ pub fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
         .unwrap();
     s.connect(&addr.into()).unwrap();
     s.into()
-}
-
-/// A deterministic byte pattern distinct per `seed`.
-pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Writes `msg` and reads it back (blocking, with a timeout).

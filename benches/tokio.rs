@@ -2,7 +2,7 @@
 //! tokio (multi-thread runtime, a task and a 4 KiB buffer per connection). Not an
 //! example of how to use gaio.
 //!
-//! Run: `cargo run --release --example bench-tokio -- --listen 127.0.0.1:7000`
+//! Run: `cargo run --release -p gaio-bench --bin bench-tokio -- --listen 127.0.0.1:7000`
 //! Prints `listening on ADDR`, then echoes until killed. `--current-thread` uses
 //! tokio's single-threaded runtime instead.
 

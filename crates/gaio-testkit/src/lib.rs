@@ -1,0 +1,214 @@
+//! Helpers shared by every test suite, benchmark and xtask of the gaio workspace
+//! (`publish = false`): one copy, so they cannot drift apart.
+//!
+//! * [`serial`]: serialises the tests of one binary and fails a test that leaks an fd;
+//! * [`raise_fd_limit`], [`set_fd_limit`], [`fd_count`], [`fd_list`], [`thread_count`];
+//! * loopback sockets: [`listener`], [`tcp_pair`], [`tcp_pairs`];
+//! * data: [`pattern`] (deterministic bytes per seed), [`percentile`].
+//!
+//! Linux-only where it reads `/proc` (fd and thread counts).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long any test waits for I/O before failing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Serialises the tests of one test binary (they count the process's fds and
+/// some open 16k sockets, so two at once would disturb each other and the fd
+/// limit) and checks for leaks: when the guard drops — after every other local of
+/// the test, being declared first — the process must hold exactly the fds it held
+/// when the test began.
+///
+/// ```
+/// let _serial = gaio_testkit::serial();
+/// let (_client, _server) = gaio_testkit::tcp_pair();
+/// // both sockets close before `_serial` checks for leaks
+/// ```
+pub fn serial() -> Serial {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let lock = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _lock: lock,
+        fds: fd_list(),
+    }
+}
+
+/// The guard [`serial`] returns; checks for leaked fds when dropped.
+#[derive(Debug)]
+pub struct Serial {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    fds: Vec<(String, String)>,
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // A leak is an fd open now that was not when the test began (an fd some
+        // earlier test was still closing may vanish meanwhile: not this test's).
+        // Fds being closed by other threads get a bounded moment to go.
+        let leaked = |now: Vec<(String, String)>| -> Vec<(String, String)> {
+            now.into_iter().filter(|f| !self.fds.contains(f)).collect()
+        };
+        let end = Instant::now() + Duration::from_secs(2);
+        let mut new = leaked(fd_list());
+        while !new.is_empty() && Instant::now() < end {
+            std::thread::yield_now();
+            new = leaked(fd_list());
+        }
+        assert!(
+            new.is_empty(),
+            "fds leaked by the test: {new:?}\n  open at its start: {:?}",
+            self.fds
+        );
+    }
+}
+
+/// `(fd, target)` of every open fd but the one reading the directory.
+pub fn fd_list() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), target)
+        })
+        // Skip the directory handle of this very listing, and fds closed between
+        // reading the directory and reading the link (they are gone).
+        .filter(|(_, t)| !t.is_empty() && !t.starts_with("/proc/"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Open fds of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Threads of this process whose name starts with `prefix` (gaio names its own
+/// `gaio-…`; the test harness's threads come and go and are not counted).
+pub fn thread_count(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
+/// Raises the soft fd limit to the hard limit (this project's machines allow
+/// 20,000) and returns the new soft limit; on failure it leaves the limit as it
+/// was and returns that.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: rlimit is plain data for which all-zeroes is valid; getrlimit and
+    // setrlimit only read and write the struct we pass by reference.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        let before = r.rlim_cur;
+        r.rlim_cur = r.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+            return before as u64;
+        }
+        r.rlim_cur as u64
+    }
+}
+
+/// Sets the soft fd limit to `n` (for tests that run out of fds on purpose).
+///
+/// # Panics
+/// If the kernel refuses the limit (above the hard limit).
+pub fn set_fd_limit(n: u64) {
+    // SAFETY: rlimit is plain data for which all-zeroes is valid; getrlimit and
+    // setrlimit only read and write the struct we pass by reference.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+        r.rlim_cur = n as libc::rlim_t;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &r), 0, "fd limit {n}");
+    }
+}
+
+/// A loopback listener with a backlog of 4096 (std's 128 overflows when thousands
+/// of clients connect at once, and each dropped SYN costs a 1 s retransmit).
+pub fn listener() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.listen(4096).unwrap();
+    s.into()
+}
+
+/// One connected `(client, server)` pair on loopback, both blocking.
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (c, s)
+}
+
+/// `n` connected `(client, server)` pairs; accepts run on a helper thread so the
+/// listen backlog never overflows.
+pub fn tcp_pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+    let l = listener();
+    let addr = l.local_addr().unwrap();
+    let acceptor = std::thread::spawn(move || {
+        (0..n)
+            .map(|_| {
+                let (s, peer) = l.accept().unwrap();
+                (peer, s)
+            })
+            .collect::<HashMap<SocketAddr, TcpStream>>()
+    });
+    let clients: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let mut servers = acceptor.join().unwrap();
+    clients
+        .into_iter()
+        .map(|c| {
+            let s = servers.remove(&c.local_addr().unwrap()).unwrap();
+            (c, s)
+        })
+        .collect()
+}
+
+/// A deterministic byte pattern, distinct per `seed` (xorshift).
+///
+/// ```
+/// assert_eq!(gaio_testkit::pattern(1, 8), gaio_testkit::pattern(1, 8));
+/// assert_ne!(gaio_testkit::pattern(1, 8), gaio_testkit::pattern(2, 8));
+/// ```
+pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The `p` quantile (0.0 ..= 1.0, nearest rank) of sorted nanosecond samples, in
+/// µs; NaN when there are none.
+///
+/// ```
+/// assert_eq!(gaio_testkit::percentile(&[1000, 2000, 3000], 0.5), 2.0);
+/// ```
+pub fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
