@@ -9,12 +9,27 @@
 //! `--balancer round-robin|least-conn|source-hash`, `--reuseport`, `--stats SECS`,
 //! `--no-pin`.
 
+mod common;
+
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gaio::core::{Buffer, Op};
 use gaio::pool::{BalancerKind, Event, Io, Pool};
+
+const USAGE: &str = "\
+usage: echo-pool [--listen ADDR] [--watchers N] [--balancer round-robin|least-conn|source-hash]
+                 [--reuseport] [--stats SECS] [--no-pin]
+
+  --listen ADDR     address to listen on (default 127.0.0.1:0, an ephemeral port)
+  --watchers N      watcher threads, at least 1 (default: the cores this process may use)
+  --balancer KIND   how the single listener spreads connections (default round-robin)
+  --reuseport       one SO_REUSEPORT listener per watcher instead of a balancer
+  --stats SECS      print per-watcher figures every SECS seconds (fractions allowed)
+  --no-pin          do not pin watcher threads to cores
+";
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -22,31 +37,22 @@ extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut listen = "127.0.0.1:0".to_string();
+fn main() {
+    let mut cli = common::Cli::new("echo-pool", USAGE);
+    let mut listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut builder = Pool::builder();
     let mut balancer = BalancerKind::RoundRobin;
     let mut reuseport = false;
     let mut stats_every: Option<Duration> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--listen" => listen = value()?,
-            "--watchers" => builder = builder.watchers(value()?.parse()?),
-            "--balancer" => balancer = value()?.parse()?,
+    while let Some(flag) = cli.next_flag() {
+        match flag.as_str() {
+            "--listen" => listen = cli.addr(&flag),
+            "--watchers" => builder = builder.watchers(cli.count(&flag)),
+            "--balancer" => balancer = cli.parse(&flag),
             "--reuseport" => reuseport = true,
-            "--stats" => stats_every = Some(Duration::from_secs_f64(value()?.parse()?)),
+            "--stats" => stats_every = Some(cli.period_secs(&flag)),
             "--no-pin" => builder = builder.pin(false),
-            "-h" | "--help" => {
-                println!(
-                    "usage: echo-pool [--listen ADDR] [--watchers N] \
-                     [--balancer round-robin|least-conn|source-hash] [--reuseport] \
-                     [--stats SECS] [--no-pin]"
-                );
-                return Ok(());
-            }
-            other => return Err(format!("unknown argument {other} (try --help)").into()),
+            other => cli.unknown(other),
         }
     }
 
@@ -78,29 +84,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
-    })?;
+    });
+    let pool = pool.unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot start the pool: {}",
+            common::gaio_reason(&e)
+        ))
+    });
     let addr = if reuseport {
-        pool.listen_reuseport(&listen)?
+        pool.listen_reuseport(listen)
     } else {
-        pool.listen(&listen)?
-    };
+        pool.listen(listen)
+    }
+    .unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot listen on {listen}: {}",
+            common::gaio_reason(&e)
+        ))
+    });
     println!("listening on {addr}");
-    std::io::stdout().flush()?;
+    let _ = std::io::stdout().flush();
 
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let mut last = Instant::now();
-    // The main thread has nothing to do but report: wake a few times a second.
+    // The main thread has nothing to do but report: it wakes at most every 100 ms
+    // to notice Ctrl-C, and prints when a stats period is up.
+    const TICK: Duration = Duration::from_millis(100);
+    let mut next = stats_every.and_then(|d| Instant::now().checked_add(d));
     while !INTERRUPTED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-        if stats_every.is_some_and(|d| last.elapsed() >= d) {
-            print_stats(&pool);
-            last = Instant::now();
+        let now = Instant::now();
+        match next {
+            Some(at) if at <= now => {
+                print_stats(&pool);
+                next = stats_every.and_then(|d| now.checked_add(d));
+            }
+            Some(at) => std::thread::sleep((at - now).min(TICK)),
+            None => std::thread::sleep(TICK),
         }
     }
     print_stats(&pool);
     pool.shutdown(Duration::from_secs(1));
-    Ok(())
 }
 
 fn print_stats(pool: &Pool<()>) {

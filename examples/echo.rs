@@ -12,39 +12,63 @@
 //! completions are reused, so an idle connection holds no buffer and a warm server
 //! allocates nothing per message.
 
+mod common;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use gaio::{Buffer, Op, Watcher};
+use gaio::{Buffer, Error, Op, Watcher};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut listen = "127.0.0.1:0".to_string();
+const USAGE: &str = "\
+usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES]
+
+  --listen ADDR       address to listen on (default 127.0.0.1:0, an ephemeral port)
+  --busy-poll MICROS  spin this long before parking in the poller (default 0: off)
+  --cpu CORE          pin the watcher's thread to this core
+  --swap BYTES        swap buffer size (default 65536)
+";
+
+fn main() {
+    let mut cli = common::Cli::new("echo", USAGE);
+    let mut listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut builder = Watcher::builder();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--listen" => listen = value()?,
+    let mut cpu = None;
+    while let Some(flag) = cli.next_flag() {
+        match flag.as_str() {
+            "--listen" => listen = cli.addr(&flag),
             "--busy-poll" => {
-                builder = builder.busy_poll(Some(Duration::from_micros(value()?.parse()?)))
+                let us = cli.natural(&flag);
+                builder = builder.busy_poll((us > 0).then(|| Duration::from_micros(us)));
             }
-            "--cpu" => builder = builder.cpu(value()?.parse()?),
-            "--swap" => builder = builder.swap_buffer(value()?.parse()?),
-            "-h" | "--help" => {
-                println!(
-                    "usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES]"
-                );
-                return Ok(());
+            "--cpu" => {
+                let core = cli.natural(&flag) as usize;
+                cpu = Some(core);
+                builder = builder.cpu(core);
             }
-            other => return Err(format!("unknown argument {other} (try --help)").into()),
+            "--swap" => builder = builder.swap_buffer(cli.count(&flag)),
+            other => cli.unknown(other),
         }
     }
 
-    let mut w: Watcher<()> = builder.build()?;
-    let listener = listener(&listen)?;
-    println!("listening on {}", listener.local_addr()?);
-    std::io::stdout().flush()?;
+    let mut w: Watcher<()> = match builder.build() {
+        Ok(w) => w,
+        Err(Error::InvalidCpu(_)) => cli.usage_error(format!(
+            "--cpu {}: not a core this process may run on",
+            cpu.unwrap_or_default()
+        )),
+        Err(e) => cli.fail(format!(
+            "cannot start the watcher: {}",
+            common::gaio_reason(&e)
+        )),
+    };
+    let listener = listener(listen)
+        .unwrap_or_else(|e| cli.fail(format!("cannot listen on {listen}: {}", common::reason(&e))));
+    let local = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    println!("listening on {local}");
+    let _ = std::io::stdout().flush();
 
     // Accept on a plain thread and delegate each connection to the watcher.
     let tx = w.submitter();
@@ -53,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let stream = match stream {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("accept: {e}");
+                    eprintln!("echo: accept: {}", common::reason(&e));
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
@@ -64,11 +88,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Ok(conn) => {
                     let _ = tx.read(conn, (), None);
                 }
-                Err(e) => eprintln!("register: {e}"),
+                Err(e) => eprintln!("echo: register: {}", common::gaio_reason(&e)),
             }
         }
     });
 
+    if let Err(e) = serve(&mut w) {
+        cli.fail(common::gaio_reason(&e));
+    }
+}
+
+fn serve(w: &mut Watcher<()>) -> gaio::Result<()> {
     let tx = w.submitter();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     loop {
@@ -96,11 +126,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// A listener with a 4096 backlog: std's 128 overflows when thousands of clients
 /// connect at once, and every dropped SYN costs the client a 1 s retransmit.
-fn listener(addr: &str) -> std::io::Result<TcpListener> {
+fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.bind(&addr.into())?;

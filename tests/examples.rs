@@ -72,3 +72,73 @@ fn echo_pool_survives_closed_stdout_and_stops_on_ctrl_c() {
     let status = child.wait().unwrap();
     assert!(status.success(), "echo-pool exited with {status}");
 }
+
+/// Regression: `--stats -1` panicked, `--watchers 0` silently ran one watcher,
+/// `--watchers -1` printed a Debug struct without the flag's name.
+#[test]
+fn bad_flags_are_one_line_usage_errors_with_exit_2() {
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("echo-pool", &["--stats", "-1"], "echo-pool: --stats -1:"),
+        ("echo-pool", &["--stats", "0"], "echo-pool: --stats 0:"),
+        (
+            "echo-pool",
+            &["--watchers", "0"],
+            "echo-pool: --watchers 0:",
+        ),
+        (
+            "echo-pool",
+            &["--watchers", "-1"],
+            "echo-pool: --watchers -1:",
+        ),
+        (
+            "echo-pool",
+            &["--balancer", "fastest"],
+            "echo-pool: --balancer fastest:",
+        ),
+        (
+            "echo-pool",
+            &["--bogus"],
+            "echo-pool: unknown option --bogus",
+        ),
+        ("echo", &["--listen", "nowhere"], "echo: --listen nowhere:"),
+        ("echo", &["--swap", "0"], "echo: --swap 0:"),
+        ("echo", &["--busy-poll"], "echo: --busy-poll needs a value"),
+    ];
+    for (name, args, first_line) in cases {
+        let out = Command::new(example(name)).args(*args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {stderr}");
+        assert!(
+            stderr.lines().next().unwrap_or("").starts_with(first_line),
+            "{name} {args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name} {args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_exits_0_without_serving() {
+    for name in ["echo", "echo-pool"] {
+        let out = Command::new(example(name)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{name} --help: {}", out.status);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage:"));
+    }
+}
+
+#[test]
+fn listen_errors_name_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for name in ["echo", "echo-pool"] {
+        let out = Command::new(example(name))
+            .args(["--listen", &addr])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("{name}: cannot listen on {addr}: address already in use")
+        );
+    }
+}

@@ -4,17 +4,20 @@
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::Paths;
 use crate::load::{self, Rounds, Spec};
+use gaio_testkit::percentile;
 
 /// One server under test.
 #[derive(Debug, Clone)]
 struct Server {
     name: &'static str,
-    example: &'static str,
+    /// The executable, relative to the release output folder.
+    bin: &'static str,
     args: Vec<String>,
     /// A gaio server (gets ratio columns).
     gaio: bool,
@@ -25,31 +28,31 @@ fn servers() -> Vec<Server> {
     vec![
         Server {
             name: "raw epoll",
-            example: "bench-raw-epoll",
+            bin: "bench-raw-epoll",
             args: vec![],
             gaio: false,
         },
         Server {
             name: "tokio",
-            example: "bench-tokio",
+            bin: "bench-tokio",
             args: vec![],
             gaio: false,
         },
         Server {
             name: "gaio-core",
-            example: "echo",
+            bin: "examples/echo",
             args: vec![],
             gaio: true,
         },
         Server {
             name: "gaio-core busy-poll 50µs",
-            example: "echo",
+            bin: "examples/echo",
             args: vec!["--busy-poll".into(), "50".into()],
             gaio: true,
         },
         Server {
             name: "gaio-pool",
-            example: "echo-pool",
+            bin: "examples/echo-pool",
             args: vec!["--watchers".into(), cores.to_string()],
             gaio: true,
         },
@@ -216,15 +219,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The `p` quantile of sorted nanosecond samples, in µs.
-pub(crate) fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 /// Least squares y = a·x + b; returns (slope, intercept, r²).
 fn fit(points: &[(usize, f64)]) -> (f64, f64, f64) {
     let n = points.len() as f64;
@@ -249,8 +243,14 @@ fn fit(points: &[(usize, f64)]) -> (f64, f64, f64) {
     (slope, my - slope * mx, r2)
 }
 
-fn measure(bin_dir: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
-    let bin = bin_dir.join(s.example);
+fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
+    let bin = release.join(s.bin);
+    if !bin.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no executable at {}", bin.display()),
+        ));
+    }
     let mut f = Figures::default();
     let (mut rt, mut p50, mut p99, mut mbs, mut mps, mut cpu, mut idle) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -654,31 +654,27 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
-fn raise_fd_limit() {
-    // SAFETY: rlimit is plain data; getrlimit/setrlimit only read and write it.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
-    }
-}
-
-pub fn bench(root: &Path, set: Settings) -> Result<(), String> {
-    raise_fd_limit();
+pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
+    gaio_testkit::raise_fd_limit();
     crate::run(
-        "cargo build --release --examples",
-        crate::cargo()
-            .current_dir(root)
-            .args(["build", "--release", "--examples"]),
+        "cargo build --release (gaio examples, gaio-bench baselines)",
+        crate::cargo().current_dir(&paths.root).args([
+            "build",
+            "--release",
+            "-p",
+            "gaio",
+            "--examples",
+            "-p",
+            "gaio-bench",
+            "--bins",
+        ]),
     )?;
-    let bin_dir: PathBuf = root.join("target/release/examples");
+    let release = paths.release();
     let started = Instant::now();
     let mut results = Vec::new();
     for s in servers() {
         eprintln!("bench: {}", s.name);
-        let f = measure(&bin_dir, &s, set).map_err(|e| format!("{}: {e}", s.name))?;
+        let f = measure(&release, &s, set).map_err(|e| format!("{}: {e}", s.name))?;
         eprintln!(
             "  {:.0} rt/s, p50 {:.1} µs, {:.0} MB/s, {:.0} msgs/s, {:.3} ms CPU/1k msgs, 8k in {:.3} s, {:.0} B/idle conn{}",
             f.rt_per_s,
@@ -696,13 +692,18 @@ pub fn bench(root: &Path, set: Settings) -> Result<(), String> {
     }
     let md = report(&results, set, &machine());
     println!("{md}");
-    let out = root.join("target/bench");
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("report.md"), &md).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("regression.svg"), svg(&results)).map_err(|e| e.to_string())?;
+    let out = paths.target.join("bench");
+    let write = |name: &str, body: &str| {
+        let f = out.join(name);
+        std::fs::write(&f, body).map_err(|e| format!("{}: {e}", f.display()))
+    };
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write("report.md", &md)?;
+    write("regression.svg", &svg(&results))?;
     eprintln!(
-        "bench: done in {:.0} s; wrote target/bench/report.md and target/bench/regression.svg",
-        started.elapsed().as_secs_f64()
+        "bench: done in {:.0} s; wrote report.md and regression.svg in {}",
+        started.elapsed().as_secs_f64(),
+        out.display()
     );
     Ok(())
 }

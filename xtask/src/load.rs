@@ -8,6 +8,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use gaio_sys::{Events, Poller};
+use gaio_testkit::pattern;
 
 /// How long each connection keeps going.
 #[derive(Debug, Clone, Copy)]
@@ -49,18 +50,6 @@ struct Client {
     seq: u64,
     started: Instant,
     done: bool,
-}
-
-fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 impl Client {

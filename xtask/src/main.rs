@@ -1,102 +1,253 @@
 //! Project automation, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 //!
 //! Tasks:
-//! * `ci`: what `.ci/run` checks — `cargo fmt --check`, clippy with `-D warnings`,
-//!   `cargo doc` without warnings, the whole test suite, and `bench --quick` as a
-//!   smoke test.
+//! * `ci`: what `.ci/run` checks — `cargo fmt --check`, clippy with `-D warnings`
+//!   (for Linux, then type-checked for macOS and the BSDs), `cargo doc` without
+//!   warnings, the whole test suite, and `bench --quick` as a smoke test.
 //! * `bench [--quick] [--instructions]`: every echo server (gaio-core, gaio-pool,
 //!   tokio, a raw epoll loop) as its own process, driven by one load generator;
-//!   prints a Markdown table and writes `target/bench/report.md` and
-//!   `target/bench/regression.svg`.
+//!   prints a Markdown table and writes `report.md` and `regression.svg` under
+//!   `<target dir>/bench/`.
 //! * `memcheck`: the gaio-sys and gaio-core tests under valgrind memcheck.
 //! * `soak [--secs N]`: a mixed workload against the gaio-pool echo server, with a
 //!   summary of operations, errors, RSS and fds.
+//! * `load --addr ADDR …`: the bench's verifying load generator against any server.
+//!
+//! Every task answers `-h`/`--help` with its usage and exits 0 without running;
+//! an unknown option prints the usage to stderr and exits 2. Paths come from
+//! `cargo metadata`, so any `CARGO_TARGET_DIR` works.
 
 mod bench;
 mod load;
 mod memcheck;
 mod soak;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 const HELP: &str = "\
-usage: cargo xtask <task>
+usage: cargo xtask <task> [options]     (cargo xtask <task> --help for a task's options)
 
 tasks:
-  ci                              fmt --check, clippy -D warnings, doc, cargo test --workspace,
-                                  then bench --quick as a smoke test
-  bench [--quick] [--instructions]
-                                  echo servers side by side (gaio-core, gaio-pool, tokio, raw epoll);
-                                  --quick: under a minute; --instructions: callgrind counts per message
-  memcheck                        gaio-sys and gaio-core tests under valgrind memcheck (zero errors)
-  soak [--secs N]                 mixed echo + timeout + free load on the gaio-pool echo server
-                                  for N seconds (default 60), then a summary
-  load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN]
-                                  drive any echo server with the bench's verifying load generator
-                                  (run several at once for a multi-process load)
-  help                            this text
+  ci         fmt --check, clippy -D warnings (Linux, then macOS and BSD targets), doc,
+             cargo test --workspace, then bench --quick as a smoke test
+  bench      echo servers side by side (gaio-core, gaio-pool, tokio, raw epoll)
+  memcheck   gaio-sys and gaio-core tests under valgrind memcheck (zero errors)
+  soak       mixed echo + timeout + free load on the gaio-pool echo server
+  load       drive any echo server with the bench's verifying load generator
+  help       this text
 ";
+
+const CI_USAGE: &str = "\
+usage: cargo xtask ci
+
+Runs, in order, stopping at the first failure: cargo fmt --check; cargo clippy
+--workspace --all-targets -D warnings; the same clippy for each of
+x86_64-apple-darwin, aarch64-apple-darwin, x86_64-unknown-freebsd and
+x86_64-unknown-netbsd (a missing target is installed with rustup; if rustup cannot
+download it, that target is skipped with a one-line note); cargo doc --workspace
+--no-deps with warnings denied; cargo test --workspace; cargo xtask bench --quick.
+";
+
+const BENCH_USAGE: &str = "\
+usage: cargo xtask bench [--quick] [--instructions]
+
+Every echo server (raw epoll, tokio, gaio-core, gaio-core busy-poll, gaio-pool) as
+its own process on loopback, driven by one verifying load generator; prints a
+Markdown table and writes <target dir>/bench/report.md and regression.svg.
+
+  --quick          one run per scenario, shorter loads (under a minute)
+  --instructions   add user-space instructions per message (valgrind callgrind)
+";
+
+const MEMCHECK_USAGE: &str = "\
+usage: cargo xtask memcheck
+
+Runs the gaio-sys and gaio-core test binaries one test at a time under valgrind
+memcheck (the scale scenarios skipped); any memcheck error fails the task.
+";
+
+const SOAK_USAGE: &str = "\
+usage: cargo xtask soak [--secs N]
+
+Runs echo + timeouts + frees against the gaio-pool echo server for N seconds
+(default 60), then prints a summary of operations, errors, RSS and fds.
+";
+
+const LOAD_USAGE: &str = "\
+usage: cargo xtask load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN]
+
+Drives an echo server at ADDR with the bench's verifying load generator (every
+echoed byte compared): N connections (default 100) of BYTES-byte messages
+(default 1024), for S seconds (default 5) or PER_CONN round trips each. Run several
+at once for a multi-process load.
+";
+
+/// Why a task did not complete.
+enum Fail {
+    /// `--help`: print the usage to stdout, exit 0.
+    Help(&'static str),
+    /// A bad command line: the message and the usage to stderr, exit 2.
+    Usage(String, &'static str),
+    /// The task ran and failed: exit 1.
+    Failed(String),
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Fail {
+        Fail::Failed(e)
+    }
+}
+
+/// A task's command line: flags and their values, with `--help` and unknown
+/// options handled the same way by every task.
+struct Args<'a> {
+    usage: &'static str,
+    it: std::slice::Iter<'a, String>,
+}
+
+impl<'a> Args<'a> {
+    fn new(args: &'a [String], usage: &'static str) -> Args<'a> {
+        Args {
+            usage,
+            it: args.iter(),
+        }
+    }
+
+    /// The next flag; `Err(Help)` for `-h`/`--help`.
+    fn next_flag(&mut self) -> Result<Option<&'a str>, Fail> {
+        match self.it.next().map(String::as_str) {
+            Some("-h" | "--help") => Err(Fail::Help(self.usage)),
+            other => Ok(other),
+        }
+    }
+
+    /// The value that follows `flag`, parsed.
+    fn value<T: std::str::FromStr>(&mut self, flag: &str) -> Result<T, Fail>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v = self
+            .it
+            .next()
+            .ok_or_else(|| self.bad(format!("{flag} needs a value")))?;
+        v.parse()
+            .map_err(|e| self.bad(format!("{flag} {v:?}: {e}")))
+    }
+
+    fn bad(&self, msg: String) -> Fail {
+        Fail::Usage(msg, self.usage)
+    }
+
+    fn unknown(&self, flag: &str) -> Fail {
+        self.bad(format!("unknown option {flag}"))
+    }
+
+    /// For tasks without options.
+    fn none(mut self) -> Result<(), Fail> {
+        match self.next_flag()? {
+            Some(f) => Err(self.unknown(f)),
+            None => Ok(()),
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or(&[]);
     let result = match args.first().map(String::as_str) {
-        Some("ci") => ci(),
-        Some("bench") => {
-            let mut set = bench::Settings {
-                quick: false,
-                instructions: false,
-            };
-            let mut bad = None;
-            for a in &args[1..] {
-                match a.as_str() {
-                    "--quick" => set.quick = true,
-                    "--instructions" => set.instructions = true,
-                    other => bad = Some(other.to_string()),
-                }
-            }
-            match bad {
-                Some(b) => Err(format!("unknown bench option {b}\n\n{HELP}")),
-                None => bench::bench(&root(), set),
-            }
-        }
-        Some("memcheck") => memcheck::memcheck(&root()),
-        Some("soak") => match args.get(1..) {
-            Some([flag, n]) if flag == "--secs" => match n.parse() {
-                Ok(secs) => soak::soak(&root(), secs),
-                Err(_) => Err(format!("--secs takes a number, not {n:?}")),
-            },
-            Some([]) | None => soak::soak(&root(), 60),
-            Some(other) => Err(format!("unknown soak options {other:?}\n\n{HELP}")),
-        },
-        Some("load") => load_cmd(&args[1..]),
-        Some("help") | Some("-h") | Some("--help") => {
-            print!("{HELP}");
-            Ok(())
-        }
-        other => {
-            if let Some(t) = other {
-                eprintln!("unknown task: {t}\n");
-            }
-            eprint!("{HELP}");
-            return ExitCode::from(2);
-        }
+        Some("ci") => ci(rest),
+        Some("bench") => bench_cmd(rest),
+        Some("memcheck") => Args::new(rest, MEMCHECK_USAGE)
+            .none()
+            .and_then(|()| Ok(memcheck::memcheck(&paths()?)?)),
+        Some("soak") => soak_cmd(rest),
+        Some("load") => load_cmd(rest),
+        Some("help" | "-h" | "--help") => Err(Fail::Help(HELP)),
+        Some(t) => Err(Fail::Usage(format!("unknown task {t}"), HELP)),
+        None => Err(Fail::Usage("no task given".into(), HELP)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Fail::Help(usage)) => {
+            print!("{usage}");
+            ExitCode::SUCCESS
+        }
+        Err(Fail::Usage(msg, usage)) => {
+            eprintln!("xtask: {msg}\n\n{usage}");
+            ExitCode::from(2)
+        }
+        Err(Fail::Failed(e)) => {
             eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// The workspace root (xtask lives one level below it).
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// Where the workspace is and where cargo puts what it builds.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub root: PathBuf,
+    /// `target_directory` from `cargo metadata`: honours `CARGO_TARGET_DIR`,
+    /// `build.target-dir` and every other way to move it.
+    pub target: PathBuf,
+}
+
+impl Paths {
+    /// The release build's output folder (`<target>/release`).
+    pub fn release(&self) -> PathBuf {
+        self.target.join("release")
+    }
+}
+
+fn paths() -> Result<Paths, String> {
+    // xtask lives one level below the workspace root.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+        .ok_or("xtask is not inside a workspace")?
+        .to_path_buf();
+    let out = cargo()
+        .current_dir(&root)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let json = String::from_utf8_lossy(&out.stdout);
+    let target = json_string(&json, "target_directory")
+        .ok_or("cargo metadata printed no target_directory")?;
+    Ok(Paths {
+        root,
+        target: PathBuf::from(target),
+    })
+}
+
+/// The string value of the first `"key":"…"` in `json`, unescaped. Enough for
+/// cargo's own output without a JSON dependency.
+pub(crate) fn json_string(json: &str, key: &str) -> Option<String> {
+    let tag = format!("\"{key}\":\"");
+    let start = json.find(&tag)? + tag.len();
+    let mut out = String::new();
+    let mut chars = json[start..].chars();
+    loop {
+        match chars.next()? {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                c => out.push(c), // \" \\ \/
+            },
+            c => out.push(c),
+        }
+    }
 }
 
 fn cargo() -> Command {
@@ -113,69 +264,155 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-fn ci() -> Result<(), String> {
-    let root = root();
+/// The targets `ci` type-checks besides the host: the kqueue backend, which no
+/// machine here can run.
+const CROSS_TARGETS: &[&str] = &[
+    "x86_64-apple-darwin",
+    "aarch64-apple-darwin",
+    "x86_64-unknown-freebsd",
+    "x86_64-unknown-netbsd",
+];
+
+fn ci(args: &[String]) -> Result<(), Fail> {
+    Args::new(args, CI_USAGE).none()?;
+    let p = paths()?;
+    let root = &p.root;
     run(
         "cargo fmt --check",
         cargo()
-            .current_dir(&root)
+            .current_dir(root)
             .args(["fmt", "--all", "--", "--check"]),
     )?;
-    run(
-        "cargo clippy",
-        cargo().current_dir(&root).args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
+    let clippy = |target: Option<&str>| {
+        let mut c = cargo();
+        c.current_dir(root)
+            .args(["clippy", "--workspace", "--all-targets"]);
+        if let Some(t) = target {
+            c.args(["--target", t]);
+        }
+        c.args(["--", "-D", "warnings"]);
+        c
+    };
+    run("cargo clippy", &mut clippy(None))?;
+    for t in CROSS_TARGETS {
+        if ensure_target(t)? {
+            run(&format!("cargo clippy --target {t}"), &mut clippy(Some(t)))?;
+        }
+    }
     run(
         "cargo doc",
         cargo()
-            .current_dir(&root)
+            .current_dir(root)
             .args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run(
         "cargo test",
-        cargo().current_dir(&root).args(["test", "--workspace"]),
+        cargo().current_dir(root).args(["test", "--workspace"]),
     )?;
     // Figures are printed, never asserted: timing belongs in benchmarks.
-    bench::bench(
-        &root,
+    Ok(bench::bench(
+        &p,
         bench::Settings {
             quick: true,
             instructions: false,
         },
-    )
+    )?)
+}
+
+/// Whether the standard library for `target` is installed, installing it with
+/// rustup if not. `Ok(false)` (with one line on stderr) when it cannot be had —
+/// no rustup, or no network — so CI goes on; an installed target that fails to
+/// compile still fails CI.
+fn ensure_target(target: &str) -> Result<bool, String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(o) if o.status.success() => {
+            if String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == target)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(_) | Err(_) => {
+            eprintln!("xtask: skipping the {target} check: rustup is not available");
+            return Ok(false);
+        }
+    }
+    eprintln!("xtask: rustup target add {target}");
+    let add = Command::new("rustup")
+        .args(["target", "add", target])
+        .output()
+        .map_err(|e| format!("rustup target add {target}: {e}"))?;
+    if add.status.success() {
+        return Ok(true);
+    }
+    let why = String::from_utf8_lossy(&add.stderr);
+    let why = why.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!("xtask: skipping the {target} check: rustup could not install it ({why})");
+    Ok(false)
+}
+
+fn bench_cmd(args: &[String]) -> Result<(), Fail> {
+    let mut set = bench::Settings {
+        quick: false,
+        instructions: false,
+    };
+    let mut a = Args::new(args, BENCH_USAGE);
+    while let Some(flag) = a.next_flag()? {
+        match flag {
+            "--quick" => set.quick = true,
+            "--instructions" => set.instructions = true,
+            other => return Err(a.unknown(other)),
+        }
+    }
+    Ok(bench::bench(&paths()?, set)?)
+}
+
+fn soak_cmd(args: &[String]) -> Result<(), Fail> {
+    let mut secs = 60u64;
+    let mut a = Args::new(args, SOAK_USAGE);
+    while let Some(flag) = a.next_flag()? {
+        match flag {
+            "--secs" => secs = a.value(flag)?,
+            other => return Err(a.unknown(other)),
+        }
+    }
+    if secs == 0 {
+        return Err(a.bad("--secs must be at least 1".into()));
+    }
+    Ok(soak::soak(&paths()?, secs)?)
 }
 
 /// `cargo xtask load`: one load generator process against an echo server.
-fn load_cmd(args: &[String]) -> Result<(), String> {
-    let mut addr = None;
+fn load_cmd(args: &[String]) -> Result<(), Fail> {
+    let mut addr: Option<std::net::SocketAddr> = None;
     let (mut conns, mut msg) = (100usize, 1024usize);
     let mut rounds = load::Rounds::For(std::time::Duration::from_secs(5));
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--addr" => addr = Some(val()?.parse().map_err(|e| format!("--addr: {e}"))?),
-            "--conns" => conns = val()?.parse().map_err(|e| format!("--conns: {e}"))?,
-            "--msg" => msg = val()?.parse().map_err(|e| format!("--msg: {e}"))?,
+    let mut a = Args::new(args, LOAD_USAGE);
+    while let Some(flag) = a.next_flag()? {
+        match flag {
+            "--addr" => addr = Some(a.value(flag)?),
+            "--conns" => conns = a.value(flag)?,
+            "--msg" => msg = a.value(flag)?,
             "--secs" => {
-                let s: f64 = val()?.parse().map_err(|e| format!("--secs: {e}"))?;
+                let s: f64 = a.value(flag)?;
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(a.bad(format!("--secs {s}: must be a positive number")));
+                }
                 rounds = load::Rounds::For(std::time::Duration::from_secs_f64(s));
             }
-            "--count" => {
-                rounds = load::Rounds::Count(val()?.parse().map_err(|e| format!("--count: {e}"))?)
-            }
-            other => return Err(format!("unknown load option {other}\n\n{HELP}")),
+            "--count" => rounds = load::Rounds::Count(a.value(flag)?),
+            other => return Err(a.unknown(other)),
         }
     }
-    let addr = addr.ok_or("load needs --addr")?;
+    let addr = addr.ok_or_else(|| a.bad("load needs --addr".into()))?;
+    if conns == 0 || msg == 0 {
+        return Err(a.bad("--conns and --msg must be at least 1".into()));
+    }
     let spec = load::Spec {
         conns,
         msg,
@@ -186,7 +423,7 @@ fn load_cmd(args: &[String]) -> Result<(), String> {
         load::run(addr, spec, std::time::Duration::from_secs(600)).map_err(|e| e.to_string())?;
     let mut lat = o.latencies_ns;
     lat.sort_unstable();
-    let p = |q: f64| bench::percentile(&lat, q);
+    let p = |q: f64| gaio_testkit::percentile(&lat, q);
     println!(
         "{} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s, p50 {:.1} µs, p99 {:.1} µs (every byte verified)",
         o.msgs,

@@ -5,7 +5,7 @@
 //! open thousands of sockets (they are about scale, and take minutes under
 //! valgrind). Any memcheck error fails the task.
 
-use std::path::Path;
+use crate::Paths;
 use std::process::Command;
 
 /// Test binaries (by target name) and the tests to skip in each.
@@ -22,10 +22,10 @@ const SUITES: &[(&str, &[&str])] = &[
     ("model", &[]),
 ];
 
-pub fn memcheck(root: &Path) -> Result<(), String> {
+pub fn memcheck(paths: &Paths) -> Result<(), String> {
     // Build the test binaries and learn their paths from cargo's JSON messages.
     let out = crate::cargo()
-        .current_dir(root)
+        .current_dir(&paths.root)
         .args([
             "test",
             "-p",

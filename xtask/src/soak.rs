@@ -3,9 +3,9 @@
 //! that must time out, connections freed mid-conversation and replaced — then a
 //! summary: operations, errors by kind, server RSS and fds at start and end.
 
+use crate::Paths;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gaio_core::{Conn, Error, Op, Watcher};
@@ -49,14 +49,20 @@ fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-pub fn soak(root: &Path, secs: u64) -> Result<(), String> {
+pub fn soak(paths: &Paths, secs: u64) -> Result<(), String> {
     crate::run(
         "cargo build --release --example echo-pool",
-        crate::cargo()
-            .current_dir(root)
-            .args(["build", "--release", "--example", "echo-pool"]),
+        crate::cargo().current_dir(&paths.root).args([
+            "build",
+            "--release",
+            "--example",
+            "echo-pool",
+        ]),
     )?;
-    let bin = root.join("target/release/examples/echo-pool");
+    let bin = paths.release().join("examples/echo-pool");
+    if !bin.exists() {
+        return Err(format!("no executable at {}", bin.display()));
+    }
     let mut child = std::process::Command::new(&bin)
         .args(["--listen", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())

@@ -12,7 +12,7 @@
 
 use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -20,7 +20,7 @@ use crossbeam_queue::SegQueue;
 use gaio_sys::{FdKind, Waker};
 
 use crate::timer::NO_TIMER;
-use crate::{Conn, Error, Result};
+use crate::{Conn, Error, Result, Stats};
 
 /// What a request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,20 @@ pub(crate) struct Shared<C> {
     next_slot: AtomicU32,
     free_slots: SegQueue<Conn>,
     pub counts: ConnCounts,
+    /// The watcher's figures as of its last batch or park, for other threads.
+    published: Published,
+}
+
+/// [`Stats`] in atomics: written only by the watcher's thread, read by anyone.
+#[derive(Debug, Default)]
+struct Published {
+    conns: AtomicUsize,
+    pending_reads: AtomicUsize,
+    pending_writes: AtomicUsize,
+    timers: AtomicUsize,
+    completions: AtomicU64,
+    freed: AtomicU64,
+    syscalls: AtomicU64,
 }
 
 /// Live-connection count of one watcher, readable from any thread (e.g. by a load
@@ -206,6 +220,33 @@ impl<C> Shared<C> {
             next_slot: AtomicU32::new(0),
             free_slots: SegQueue::new(),
             counts: ConnCounts::default(),
+            published: Published::default(),
+        }
+    }
+
+    /// Makes `st` what [`Submitter::stats`] reads. Relaxed: each figure is a
+    /// snapshot on its own, as a monitoring read expects.
+    pub fn publish(&self, st: &Stats) {
+        let p = &self.published;
+        p.conns.store(st.conns, Ordering::Relaxed);
+        p.pending_reads.store(st.pending_reads, Ordering::Relaxed);
+        p.pending_writes.store(st.pending_writes, Ordering::Relaxed);
+        p.timers.store(st.timers, Ordering::Relaxed);
+        p.completions.store(st.completions, Ordering::Relaxed);
+        p.freed.store(st.freed, Ordering::Relaxed);
+        p.syscalls.store(st.syscalls, Ordering::Relaxed);
+    }
+
+    fn published(&self) -> Stats {
+        let p = &self.published;
+        Stats {
+            conns: p.conns.load(Ordering::Relaxed),
+            pending_reads: p.pending_reads.load(Ordering::Relaxed),
+            pending_writes: p.pending_writes.load(Ordering::Relaxed),
+            timers: p.timers.load(Ordering::Relaxed),
+            completions: p.completions.load(Ordering::Relaxed),
+            freed: p.freed.load(Ordering::Relaxed),
+            syscalls: p.syscalls.load(Ordering::Relaxed),
         }
     }
 
@@ -517,6 +558,32 @@ impl<C> Submitter<C> {
     /// [`Error::WatcherClosed`].
     pub fn wake(&self) -> Result<()> {
         self.shared.push(Cmd::Wake)
+    }
+
+    /// The watcher's counters as it published them, from any thread: at the end
+    /// of every `wait_io` batch and whenever it parks in the poller — so an idle
+    /// watcher's figures include every request it has taken in. On the watcher's
+    /// own thread, [`Watcher::stats`](crate::Watcher::stats) is exact.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (_client, server) = {
+    ///     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    ///     let c = std::net::TcpStream::connect(l.local_addr()?)?;
+    ///     (c, l.accept()?.0)
+    /// };
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let tx = w.submitter();
+    /// let conn = w.register(server)?;
+    /// tx.read(conn, (), None)?;
+    /// assert_eq!(w.wait_io_timeout(Duration::from_millis(1))?.count(), 0);
+    /// // The watcher parked with the read pending, and said so.
+    /// assert_eq!(tx.stats().pending_reads, 1);
+    /// assert_eq!(tx.stats().conns, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared.published()
     }
 
     /// The watcher's live-connection count, readable from any thread.

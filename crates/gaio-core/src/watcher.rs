@@ -468,6 +468,7 @@ impl<C> Watcher<C> {
         self.eng.stats.conns = 0;
         self.eng.stats.pending_reads = 0;
         self.eng.stats.pending_writes = 0;
+        self.shared.publish(&self.stats());
         tracing::debug!(conns, "gaio watcher closed");
         Ok(())
     }
@@ -563,6 +564,7 @@ impl<C> Watcher<C> {
             }
         }
         self.done_used = self.eng.done.len();
+        self.shared.publish(&self.stats());
         Ok(Completions {
             inner: self.eng.done.drain(..),
             swap: &self.eng.swap,
@@ -600,6 +602,10 @@ impl<C> Watcher<C> {
             self.remote_trim.at_park(&mut self.remote_buf);
             self.dirty_trim.at_park(&mut self.dirty);
             self.done_trim.at_park(&mut self.eng.done);
+            shared.publish(&Stats {
+                timers: self.eng.timers.len(),
+                ..self.eng.stats
+            });
             // The other half of the handshake in `Shared::push` (SeqCst store, then
             // SeqCst load in `has_queued`): a submitter either sees `parked` and
             // wakes us, or we see its command and do not block.

@@ -54,7 +54,7 @@ mod balancer;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Deref;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -122,15 +122,12 @@ impl<C> Deref for Io<C> {
     }
 }
 
-/// Per-watcher counters, written by the watcher thread after each batch and by
-/// acceptors, read by balancers and [`Pool::stats`].
+/// Per-watcher counters read by balancers and [`Pool::stats`]; the watcher
+/// publishes its own figures (see [`Submitter::stats`]), acceptors count accepts.
 #[derive(Debug)]
 pub(crate) struct Counters {
     /// Kept by the watcher itself, so a free counts as soon as it is processed.
     conns: ConnCounts,
-    pending_reads: AtomicUsize,
-    pending_writes: AtomicUsize,
-    completions: AtomicU64,
     accepts: AtomicU64,
 }
 
@@ -148,9 +145,10 @@ pub struct WatcherStats {
     pub index: usize,
     /// Connections assigned and not yet freed.
     pub live_conns: usize,
-    /// Reads pending at the end of the last batch.
+    /// Reads pending, as of the watcher's last batch or park (an idle watcher's
+    /// figures include every request it has taken in).
     pub pending_reads: usize,
-    /// Writes pending at the end of the last batch.
+    /// Writes pending, as of the watcher's last batch or park.
     pub pending_writes: usize,
     /// Completions handled.
     pub completions: u64,
@@ -256,9 +254,10 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// Number of watchers (default: the cores this process may use).
+    /// Number of watchers (default: the cores this process may use). 0 makes
+    /// [`build`](Self::build) fail.
     pub fn watchers(mut self, n: usize) -> Builder {
-        self.watchers = Some(n.max(1));
+        self.watchers = Some(n);
         self
     }
 
@@ -298,7 +297,8 @@ impl Builder {
     /// thread `i` and builds its handler.
     ///
     /// # Errors
-    /// When a watcher cannot be created (out of fds, invalid swap size) or a thread
+    /// [`Error::Io`] of kind `InvalidInput` for [`watchers(0)`](Self::watchers);
+    /// when a watcher cannot be created (out of fds, invalid swap size) or a thread
     /// cannot be spawned.
     pub fn build<C, F, H>(self, factory: F) -> Result<Pool<C>>
     where
@@ -306,6 +306,12 @@ impl Builder {
         F: Fn(usize) -> H + Send + Sync + 'static,
         H: Handler<C>,
     {
+        if self.watchers == Some(0) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a pool needs at least one watcher",
+            )));
+        }
         let cores = gaio_sys::current_thread_affinity().unwrap_or_default();
         let n = self.watchers.unwrap_or_else(|| cores.len().max(1));
         let pin = self.pin && n <= cores.len();
@@ -335,9 +341,6 @@ impl Builder {
                     new_conns: SegQueue::new(),
                     counters: Arc::new(Counters {
                         conns: w.submitter().conn_counts(),
-                        pending_reads: AtomicUsize::new(0),
-                        pending_writes: AtomicUsize::new(0),
-                        completions: AtomicU64::new(0),
                         accepts: AtomicU64::new(0),
                     }),
                     stop: AtomicBool::new(false),
@@ -478,19 +481,23 @@ impl<C: Send + 'static> Pool<C> {
         self.inner.balancer.store(Arc::new(Box::new(balancer)));
     }
 
-    /// Per-watcher figures (published by each watcher after every batch).
+    /// Per-watcher figures (published by each watcher after every batch and
+    /// whenever it goes idle).
     pub fn stats(&self) -> Vec<WatcherStats> {
         self.inner
-            .counters
+            .workers
             .iter()
             .enumerate()
-            .map(|(index, c)| WatcherStats {
-                index,
-                live_conns: c.live_conns(),
-                pending_reads: c.pending_reads.load(Ordering::Relaxed),
-                pending_writes: c.pending_writes.load(Ordering::Relaxed),
-                completions: c.completions.load(Ordering::Relaxed),
-                accepts: c.accepts.load(Ordering::Relaxed),
+            .map(|(index, w)| {
+                let st = w.tx.stats();
+                WatcherStats {
+                    index,
+                    live_conns: w.counters.live_conns(),
+                    pending_reads: st.pending_reads,
+                    pending_writes: st.pending_writes,
+                    completions: st.completions,
+                    accepts: w.counters.accepts.load(Ordering::Relaxed),
+                }
             })
             .collect()
     }
@@ -555,13 +562,6 @@ fn resolve(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
     })
 }
 
-fn publish<C>(w: &Watcher<C>, c: &Counters) {
-    let st = w.stats();
-    c.pending_reads.store(st.pending_reads, Ordering::Relaxed);
-    c.pending_writes.store(st.pending_writes, Ordering::Relaxed);
-    c.completions.store(st.completions, Ordering::Relaxed);
-}
-
 /// One batch: completions, then connections handed over since the last batch.
 /// Returns how many events the handler saw.
 fn turn<C, H: Handler<C>>(
@@ -584,7 +584,6 @@ fn turn<C, H: Handler<C>>(
         handler.handle(io, Event::Connected { conn, peer });
         events += 1;
     }
-    publish(w, &worker.counters);
     Ok(events)
 }
 
@@ -631,7 +630,6 @@ fn run_watcher<C, H: Handler<C>>(
             Ok(_) => {}
         }
     }
-    publish(&w, &worker.counters);
     let _ = w.close();
     tracing::debug!(watcher = index, "gaio-pool: watcher stopped");
 }

@@ -1,0 +1,135 @@
+//! Command-line plumbing shared by the example servers (not an example itself):
+//! flags validated up front, one-line errors that name the flag or address they
+//! concern, exit status 2 for usage errors and 1 for failures, and a tracing
+//! subscriber (honouring `RUST_LOG`, default `warn`) so the library's warnings reach
+//! the terminal.
+#![allow(dead_code)] // each example uses part of it
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::process::exit;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// An example's command line.
+pub struct Cli {
+    prog: &'static str,
+    usage: &'static str,
+    args: std::vec::IntoIter<String>,
+}
+
+impl Cli {
+    /// Reads the process arguments and installs the tracing subscriber.
+    pub fn new(prog: &'static str, usage: &'static str) -> Cli {
+        init_tracing();
+        Cli {
+            prog,
+            usage,
+            args: std::env::args().skip(1).collect::<Vec<_>>().into_iter(),
+        }
+    }
+
+    /// The next flag; `-h`/`--help` prints the usage and exits 0.
+    pub fn next_flag(&mut self) -> Option<String> {
+        let flag = self.args.next()?;
+        if flag == "-h" || flag == "--help" {
+            print!("{}", self.usage);
+            exit(0);
+        }
+        Some(flag)
+    }
+
+    /// The value after `flag`, parsed.
+    pub fn parse<T: FromStr>(&mut self, flag: &str) -> T
+    where
+        T::Err: Display,
+    {
+        let Some(v) = self.args.next() else {
+            self.usage_error(format!("{flag} needs a value"))
+        };
+        v.parse()
+            .unwrap_or_else(|e| self.usage_error(format!("{flag} {v}: {e}")))
+    }
+
+    /// A count of at least 1.
+    pub fn count(&mut self, flag: &str) -> usize {
+        let n: i64 = self.parse(flag);
+        if n < 1 {
+            self.usage_error(format!("{flag} {n}: must be at least 1"));
+        }
+        n as usize
+    }
+
+    /// A number of at least 0 (e.g. a core index, or a duration in µs).
+    pub fn natural(&mut self, flag: &str) -> u64 {
+        let n: i64 = self.parse(flag);
+        if n < 0 {
+            self.usage_error(format!("{flag} {n}: must not be negative"));
+        }
+        n as u64
+    }
+
+    /// A period in seconds (fractions allowed) that must be more than zero.
+    pub fn period_secs(&mut self, flag: &str) -> Duration {
+        let s: f64 = self.parse(flag);
+        if !(s.is_finite() && s > 0.0) || Duration::try_from_secs_f64(s).is_err() {
+            self.usage_error(format!("{flag} {s}: must be a positive number of seconds"));
+        }
+        Duration::from_secs_f64(s)
+    }
+
+    /// A socket address such as `127.0.0.1:7000` or `[::1]:0`.
+    pub fn addr(&mut self, flag: &str) -> SocketAddr {
+        self.parse(flag)
+    }
+
+    /// Prints `prog: msg` and the usage to stderr; exits 2.
+    pub fn usage_error(&self, msg: impl Display) -> ! {
+        eprint!("{}: {msg}\n\n{}", self.prog, self.usage);
+        exit(2)
+    }
+
+    /// An option this example does not know.
+    pub fn unknown(&self, flag: &str) -> ! {
+        self.usage_error(format!("unknown option {flag}"))
+    }
+
+    /// Prints `prog: msg` to stderr; exits 1.
+    pub fn fail(&self, msg: impl Display) -> ! {
+        eprintln!("{}: {msg}", self.prog);
+        exit(1)
+    }
+}
+
+/// An I/O error as a short reason: `permission denied`, not
+/// `Permission denied (os error 13)` or a Debug struct.
+pub fn reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match text.find(" (os error ") {
+        Some(i) if e.raw_os_error().is_some() => &text[..i],
+        _ => &text[..],
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => text.to_string(),
+    }
+}
+
+/// A gaio error as a short reason (the I/O cause when there is one).
+pub fn gaio_reason(e: &gaio::Error) -> String {
+    match e {
+        gaio::Error::Io(io) => reason(io),
+        other => other.to_string(),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
