@@ -6,7 +6,8 @@
 //!
 //! Options: `--listen ADDR` (default 127.0.0.1:0, an ephemeral port),
 //! `--busy-poll MICROS` (spin before parking), `--cpu CORE` (pin the watcher),
-//! `--swap BYTES` (swap buffer size, default 64 KiB).
+//! `--swap BYTES` (swap buffer size, default 64 KiB), `--owned BYTES` (read into a
+//! buffer of its own per connection and write it back: no copy).
 //!
 //! Reads land in the watcher's swap buffer and write buffers handed back by
 //! completions are reused, so an idle connection holds no buffer and a warm server
@@ -21,12 +22,15 @@ use std::time::Duration;
 use gaio::{Buffer, Error, Op, Watcher};
 
 const USAGE: &str = "\
-usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES]
+usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES] [--owned BYTES]
 
   --listen ADDR       address to listen on (default 127.0.0.1:0, an ephemeral port)
   --busy-poll MICROS  spin this long before parking in the poller (default 0: off)
   --cpu CORE          pin the watcher's thread to this core
   --swap BYTES        swap buffer size (default 65536)
+  --owned BYTES       read into a per-connection buffer of BYTES and write that same
+                      buffer back (no copy), instead of reading into the swap buffer
+                      and copying into a recycled write buffer
 ";
 
 fn main() {
@@ -34,6 +38,7 @@ fn main() {
     let mut listen: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut builder = Watcher::builder();
     let mut cpu = None;
+    let mut owned = None;
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = cli.addr(&flag),
@@ -47,6 +52,7 @@ fn main() {
                 builder = builder.cpu(core);
             }
             "--swap" => builder = builder.swap_buffer(cli.count(&flag)),
+            "--owned" => owned = Some(cli.count(&flag)),
             other => cli.unknown(other),
         }
     }
@@ -84,41 +90,72 @@ fn main() {
             };
             let _ = stream.set_nodelay(true);
             match tx.register(stream) {
-                // The first read, into the swap buffer.
+                // The first read: into the swap buffer, or a buffer of its own.
                 Ok(conn) => {
-                    let _ = tx.read(conn, (), None);
+                    let _ = tx.read(conn, (), owned.map(|n| vec![0; n]));
                 }
                 Err(e) => eprintln!("echo: register: {}", common::gaio_reason(&e)),
             }
         }
     });
 
-    if let Err(e) = serve(&mut w) {
+    let served = match owned {
+        None => serve_swap(&mut w),
+        Some(size) => serve_owned(&mut w, size),
+    };
+    if let Err(e) = served {
         cli.fail(common::gaio_reason(&e));
     }
 }
 
-fn serve(w: &mut Watcher<()>) -> gaio::Result<()> {
-    let tx = w.submitter();
+/// Swap-buffer reads (no buffer per idle connection), each copied into a
+/// recycled write buffer.
+fn serve_swap(w: &mut Watcher<()>) -> gaio::Result<()> {
     let mut spare: Vec<Vec<u8>> = Vec::new();
     loop {
-        for res in w.wait_io()? {
+        let batch = w.wait_io()?;
+        // Requests from the completion loop take the hot path.
+        let io = batch.local();
+        for res in batch {
             match res.op {
                 // Send back everything; read again only once the write completed.
                 Op::Read if res.result.is_ok() && res.size > 0 => {
                     let mut out = spare.pop().unwrap_or_default();
                     out.extend_from_slice(res.data());
-                    tx.write(res.conn, (), out)?;
+                    io.write(res.conn, (), out)?;
                 }
                 Op::Write if res.result.is_ok() => {
                     if let Buffer::Owned(mut v) = res.buffer {
                         v.clear();
                         spare.push(v);
                     }
-                    tx.read(res.conn, (), None)?;
+                    io.read(res.conn, (), None)?;
                 }
                 // EOF or an error: close the connection.
-                _ => tx.free(res.conn)?,
+                _ => io.free(res.conn)?,
+            }
+        }
+    }
+}
+
+/// Reads into a buffer of `size` per connection and writes that same buffer
+/// back: no copy.
+fn serve_owned(w: &mut Watcher<()>, size: usize) -> gaio::Result<()> {
+    loop {
+        let batch = w.wait_io()?;
+        let io = batch.local();
+        for res in batch {
+            let ok = res.result.is_ok() && !res.is_eof();
+            match (res.op, res.buffer) {
+                (Op::Read, Buffer::Owned(mut v)) if ok => {
+                    v.truncate(res.size);
+                    io.write(res.conn, (), v)?;
+                }
+                (Op::Write, Buffer::Owned(mut v)) if ok => {
+                    v.resize(size, 0);
+                    io.read(res.conn, (), Some(v))?;
+                }
+                _ => io.free(res.conn)?,
             }
         }
     }

@@ -57,7 +57,12 @@ fuzz_target!(|data: &[u8]| {
             1 | 2 => {
                 if let Some(i) = pick(conns.len()) {
                     let buf = (op % 8 == 2).then(|| vec![0u8; 1 + b as usize]);
-                    tx.read(conns[i].conn, next, buf).unwrap();
+                    // Both submission paths: the hot path and the cross-thread queue.
+                    if b % 2 == 0 {
+                        w.local().read(conns[i].conn, next, buf).unwrap();
+                    } else {
+                        tx.read(conns[i].conn, next, buf).unwrap();
+                    }
                     pending.insert(next, (i, Op::Read));
                     next += 1;
                 }
@@ -91,8 +96,10 @@ fuzz_target!(|data: &[u8]| {
             }
             6 => {
                 if let Some(i) = pick(conns.len()) {
-                    if b % 2 == 0 {
+                    if b % 4 == 0 {
                         w.free(conns[i].conn).unwrap();
+                    } else if b % 4 == 2 {
+                        w.local().free(conns[i].conn).unwrap();
                     } else {
                         conns[i].peer = None;
                     }

@@ -45,6 +45,14 @@ fn servers() -> Vec<Server> {
             gaio: true,
         },
         Server {
+            // The copy-free echo style: read into the connection's own buffer and
+            // write that buffer back (sized for the 1 KiB scenarios).
+            name: "gaio-core owned 1 KiB",
+            bin: "examples/echo",
+            args: vec!["--owned".into(), "1024".into()],
+            gaio: true,
+        },
+        Server {
             name: "gaio-core busy-poll 50µs",
             bin: "examples/echo",
             args: vec!["--busy-poll".into(), "50".into()],

@@ -22,24 +22,28 @@
 //!         let _ = tx.read(conn, (), None);
 //!     }
 //! });
-//! let tx = w.submitter();
 //! let mut spare: Vec<Vec<u8>> = Vec::new(); // write buffers handed back, reused
 //! loop {
-//!     for res in w.wait_io()? {
+//!     let batch = w.wait_io()?;
+//!     // Requests from the completion loop: the hot path, straight into the
+//!     // connection's queue. (`w.free(..)` here would not compile: the batch
+//!     // borrows the watcher.)
+//!     let io = batch.local();
+//!     for res in batch {
 //!         match (res.op, &res.result) {
 //!             (Op::Read, Ok(())) if res.size > 0 => {
 //!                 let mut out = spare.pop().unwrap_or_default();
 //!                 out.extend_from_slice(res.data());
-//!                 tx.write(res.conn, (), out)?; // read again once this completes
+//!                 io.write(res.conn, (), out)?; // read again once this completes
 //!             }
 //!             (Op::Write, Ok(())) => {
 //!                 if let Buffer::Owned(mut v) = res.buffer {
 //!                     v.clear();
 //!                     spare.push(v);
 //!                 }
-//!                 tx.read(res.conn, (), None)?;
+//!                 io.read(res.conn, (), None)?;
 //!             }
-//!             _ => tx.free(res.conn)?, // EOF or error
+//!             _ => io.free(res.conn)?, // EOF or error
 //!         }
 //!     }
 //! }
@@ -53,22 +57,29 @@
 //! | Linux, Android | epoll, edge-triggered | eventfd |
 //! | macOS, iOS, FreeBSD, NetBSD, DragonFly, OpenBSD | kqueue, `EV_CLEAR` | `EVFILT_USER` |
 //!
-//! CI runs on Linux; the kqueue backend is type-checked for FreeBSD and macOS only.
+//! CI runs every test on Linux; the kqueue backend is type-checked (clippy) for
+//! macOS, FreeBSD and NetBSD and has never run.
 //!
 //! # Rules
 //!
 //! * **No hidden threads.** All I/O happens inside [`Watcher::wait_io`] on the
-//!   caller's thread. [`Submitter`]s queue requests from any thread; a submission
-//!   wakes the watcher only if it is parked in the poller, so while it is busy,
-//!   submitting costs no system call.
+//!   caller's thread.
+//! * **Two ways in.** On the watcher's own thread, a [`Local`] (from
+//!   [`Completions::local`] inside the completion loop, or [`Watcher::local`])
+//!   puts a request straight into its connection's queue: no atomic
+//!   read-modify-write, no lock, no copy. From any thread, a [`Submitter`] queues
+//!   it through a lock-free queue; a submission wakes the watcher only if it is
+//!   parked in the poller, so while it is busy, submitting costs no system call.
 //! * **Exactly once.** Every accepted request completes exactly once — success,
-//!   error, deadline, [`free`](Submitter::free), or peer close — with its `ctx`, its
+//!   error, deadline, [`free`](Local::free), or peer close — with its `ctx`, its
 //!   byte count and (if it had one) its buffer. A refused request returns `Err` at
 //!   once. The one exception: closing the watcher drops pending requests.
 //! * **Order.** Requests on one connection complete in submission order per
 //!   direction (reads and writes are independent), except that a request whose
 //!   deadline passes completes then, ahead of requests queued before it.
-//!   Submissions are ordered across threads by happens-before.
+//!   Submissions are ordered across threads and paths by happens-before: a
+//!   `Local` request is applied after every `Submitter` request that happened
+//!   before it.
 //! * **Swap buffer.** A read with no buffer lands in the watcher's swap buffer
 //!   (64 KiB by default); the completion borrows it, so the borrow checker ends its
 //!   use before the next `wait_io`. When one batch fills it, further swap reads stay
@@ -93,43 +104,29 @@
 //!   BSD/macOS): a reset peer is an `Err`, never a `SIGPIPE`. Pipes have no such
 //!   flag: a write to a pipe whose reader is gone raises `SIGPIPE` unless the
 //!   process ignores it — Rust programs do by default, C hosts may not.
-//! * **Allocation.** Requests from the thread that drives the watcher, and their
-//!   completions, allocate nothing once warm. Requests from other threads go
-//!   through a lock-free `SegQueue`, which allocates a block per 31 submissions.
+//! * **Allocation.** Requests made through a `Local`, and all completions,
+//!   allocate nothing once warm. `Submitter` requests go through a lock-free
+//!   `SegQueue`, which allocates a block per 31 submissions.
 #![forbid(unsafe_code)]
 
+// Layout: `watcher` is the public face; a request goes `submit` (Local: straight
+// to the engine; Submitter: through `queue`) → `engine` (table, queues, deadlines,
+// completions) → `driver` (moves the bytes). `conn` and `req` define the token
+// and the request, each in one place.
+mod conn;
+mod driver;
+mod engine;
 mod error;
-mod slab;
+mod queue;
+mod req;
 mod submit;
-mod timer;
 mod watcher;
 
+pub use conn::Conn;
 pub use error::{Error, Result};
-pub use submit::{ConnCounts, Submitter};
+pub use queue::ConnCounts;
+pub use submit::{Local, Submitter};
 pub use watcher::{Buffer, Builder, Completion, Completions, Op, Stats, Watcher};
-
-/// A registered connection: a slot in the watcher's table and the generation of
-/// that slot, so a token for a freed connection can never act on a newer one, plus
-/// the watcher's id, so it cannot act on another watcher's connection either.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Conn {
-    pub(crate) slot: u32,
-    pub(crate) generation: u32,
-    pub(crate) watcher: u32,
-}
-
-impl Conn {
-    /// The slot index (dense, reused after `free`): handy to index per-connection
-    /// state in the application.
-    pub fn slot(&self) -> u32 {
-        self.slot
-    }
-
-    /// How many times the slot was freed before this connection took it.
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-}
 
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}

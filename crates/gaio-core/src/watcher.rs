@@ -1,27 +1,21 @@
 //! The Watcher: per-connection state machine, I/O engine, deadlines, completions.
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, OwnedFd};
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gaio_sys::{Events, FdKind, IOV_MAX, Poller, Waker};
+use gaio_sys::Waker;
 
-use crate::slab::{DIRTY, HUP, READABLE, SOCKET, SWAP_WAIT, Slab, Slot, WRITABLE};
-use crate::submit::{Cmd, Kind, Queued, Req, Shared, Submitter, WAKE_TOKEN, thread_tag, token};
-use crate::timer::{Dir, NO_TIMER, Timers};
+use crate::conn::WAKE_TOKEN;
+use crate::driver::Driver;
+use crate::engine::{Done, DoneBuf, Engine, Trim, Trims};
+use crate::queue::Shared;
+use crate::req::Direction;
+use crate::submit::{Local, Submitter};
 use crate::{Conn, Error, Result};
-
-/// On Linux a short read or write proves the socket or pipe buffer was drained or
-/// filled at that instant, so the next data (or space) is a new edge: readiness can
-/// be cleared without paying a syscall for `EAGAIN` (tokio does the same). Other
-/// backends keep going until `WouldBlock`.
-const SHORT_IO_CLEARS_READINESS: bool = cfg!(any(target_os = "linux", target_os = "android"));
-
-/// `EPERM`, which epoll answers for fds it cannot watch (regular files): the same
-/// value on every unix, so gaio-core needs no libc for it.
-const EPERM: i32 = 1;
 
 /// Which way a request moved bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,34 +78,42 @@ impl<'a, C> Completion<'a, C> {
     }
 }
 
-#[derive(Debug)]
-enum DoneBuf {
-    Owned(Vec<u8>),
-    Swap { off: usize, len: usize },
-}
-
-#[derive(Debug)]
-struct Done<C> {
-    op: Op,
-    conn: Conn,
-    ctx: C,
-    size: usize,
-    result: Result<()>,
-    buf: DoneBuf,
-}
-
 /// The batch [`Watcher::wait_io`] returns: an iterator of [`Completion`]s that
 /// borrows the watcher, so swap-buffer bytes cannot outlive the next `wait_io`.
 /// Completions not taken are dropped with the iterator (their buffers freed).
+///
+/// Make requests while iterating through [`local`](Self::local) (the hot path) or
+/// a [`Submitter`]: the watcher itself is borrowed by the batch, so calling
+/// `w.free(..)` inside `for res in w.wait_io()?` does not compile (E0499).
 #[derive(Debug)]
 pub struct Completions<'a, C> {
     inner: std::vec::Drain<'a, Done<C>>,
     swap: &'a [u8],
+    eng: &'a RefCell<Engine<C>>,
+}
+
+impl<'a, C> Completions<'a, C> {
+    /// A handle for making requests on this watcher while the batch is being
+    /// handled; see [`Local`]. Take it before the loop consumes the batch:
+    ///
+    /// ```no_run
+    /// # let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let batch = w.wait_io()?;
+    /// let io = batch.local();
+    /// for res in batch {
+    ///     io.free(res.conn)?;
+    /// }
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    pub fn local(&self) -> Local<'a, C> {
+        Local { eng: self.eng }
+    }
 }
 
 impl<'a, C> Iterator for Completions<'a, C> {
     type Item = Completion<'a, C>;
 
+    #[inline]
     fn next(&mut self) -> Option<Completion<'a, C>> {
         let d = self.inner.next()?;
         let buffer = match d.buf {
@@ -119,7 +121,10 @@ impl<'a, C> Iterator for Completions<'a, C> {
             DoneBuf::Swap { off, len } => Buffer::Swap(&self.swap[off..off + len]),
         };
         Some(Completion {
-            op: d.op,
+            op: match d.dir {
+                Direction::Read => Op::Read,
+                Direction::Write => Op::Write,
+            },
             conn: d.conn,
             ctx: d.ctx,
             size: d.size,
@@ -232,96 +237,69 @@ impl Builder {
                 return Err(Error::InvalidCpu(core));
             }
         }
-        let poller = Poller::new()?;
-        let waker = Waker::new(&poller, WAKE_TOKEN)?;
+        let driver = Driver::new(self.events)?;
+        let waker = Waker::new(driver.poller(), WAKE_TOKEN)?;
         let shared = Arc::new(Shared::new(waker));
-        let id = shared.id;
         Ok(Watcher {
+            eng: RefCell::new(Engine::new(shared.clone(), driver, self.swap)),
             shared,
-            poller,
-            slots: Slab::new(),
-            events: Events::with_capacity(self.events),
-            eng: Engine {
-                watcher: id,
-                swap: vec![0; self.swap].into_boxed_slice(),
-                swap_used: 0,
-                // Do not start a swap read into a sliver: a tiny read costs a syscall
-                // per few bytes. Wait for the next batch instead.
-                swap_min: self.swap.min(1024),
-                swap_waiters: Vec::new(),
-                done: Vec::new(),
-                timers: Timers::default(),
-                stats: Stats::default(),
-            },
-            cmds: Vec::new(),
-            remote_buf: Vec::new(),
-            dirty: Vec::new(),
-            cmds_trim: Trim::default(),
-            remote_trim: Trim::default(),
-            dirty_trim: Trim::default(),
-            done_trim: Trim::default(),
-            done_used: 0,
+            swap: vec![0; self.swap].into_boxed_slice(),
+            batch: Vec::new(),
+            batch_used: 0,
+            batch_trim: Trim::default(),
+            trims: Trims::default(),
             skipped_poll: false,
             cpu: self.cpu,
-            pinned_on: 0,
+            pinned_on: None,
             busy_poll: self.busy_poll,
-            woken: false,
-            drained: 0,
-            local_cap: 0,
-            now: None,
             closed: false,
         })
     }
 }
 
-/// Everything the I/O paths touch besides the slot table, so a slot and the engine
-/// can be borrowed mutably at once.
-#[derive(Debug)]
-struct Engine<C> {
-    /// Id of the watcher, for the `Conn`s of completions.
-    watcher: u32,
-    swap: Box<[u8]>,
-    swap_used: usize,
-    swap_min: usize,
-    swap_waiters: Vec<u32>,
-    done: Vec<Done<C>>,
-    timers: Timers,
-    stats: Stats,
-}
-
 /// A proactor: owns registered connections, performs their reads and writes inside
 /// [`wait_io`](Self::wait_io) on the caller's thread, and returns completions in
 /// batches. See the [crate docs](crate) for the rules.
+///
+/// Requests come from the watcher's own thread through a [`Local`] (from
+/// [`local`](Self::local) or the batch's [`Completions::local`]) and from any
+/// thread through a [`Submitter`].
+///
+/// ```
+/// use std::io::Write;
+/// use std::time::Duration;
+/// use gaio_core::Watcher;
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let (server, _) = listener.accept()?;
+/// let mut w: Watcher<&str> = Watcher::new()?;
+/// let conn = w.register(server)?;
+/// w.local().read(conn, "greeting", Some(vec![0; 16]))?;
+/// client.write_all(b"hello")?;
+/// let res = w.wait_io()?.next().unwrap();
+/// assert_eq!((res.ctx, res.data()), ("greeting", &b"hello"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Watcher<C> {
+    /// In a `RefCell` so a [`Local`] can queue requests while a batch borrows the
+    /// swap buffer and the batch vector; `wait_io` reaches it through `get_mut`
+    /// (no runtime borrow check).
+    eng: RefCell<Engine<C>>,
     shared: Arc<Shared<C>>,
-    poller: Poller,
-    slots: Slab<C>,
-    events: Events,
-    eng: Engine<C>,
-    cmds: Vec<Queued<C>>,
-    remote_buf: Vec<Queued<C>>,
-    /// Slots with new requests from the current command batch.
-    dirty: Vec<u32>,
-    cmds_trim: Trim,
-    dirty_trim: Trim,
-    remote_trim: Trim,
-    done_trim: Trim,
-    /// Completions in the batch last returned.
-    done_used: usize,
+    swap: Box<[u8]>,
+    /// The batch being handed out: the engine's completions, swapped in at the
+    /// end of each `wait_io`.
+    batch: Vec<Done<C>>,
+    batch_used: usize,
+    batch_trim: Trim,
+    trims: Trims,
     skipped_poll: bool,
     cpu: Option<usize>,
-    /// Thread tag the watcher was last pinned on (0: never).
-    pinned_on: u64,
+    /// The thread the watcher was last pinned on.
+    pinned_on: Option<std::thread::ThreadId>,
     busy_poll: Option<Duration>,
-    /// A `Submitter::wake` arrived: return from `wait_io` even with no completions.
-    woken: bool,
-    /// Commands taken from the queues so far (compared with the submission count).
-    drained: u64,
-    /// Capacity handed to the owner-thread queue at the last drain.
-    local_cap: usize,
-    /// This loop turn's clock reading, if taken.
-    now: Option<Instant>,
     closed: bool,
 }
 
@@ -350,6 +328,13 @@ impl<C> Watcher<C> {
         }
     }
 
+    /// A handle for requests on this thread between `wait_io` calls (the hot
+    /// path; see [`Local`]). Inside the completion loop, use the batch's
+    /// [`Completions::local`].
+    pub fn local(&self) -> Local<'_, C> {
+        Local { eng: &self.eng }
+    }
+
     /// Takes ownership of a stream socket or pipe (anything `Into<OwnedFd>`, e.g.
     /// `TcpStream`, `UnixStream`, `PipeReader`), makes it nonblocking and returns
     /// its token. Socket options already set are kept.
@@ -359,15 +344,14 @@ impl<C> Watcher<C> {
     /// poller cannot drive (the fd is closed, not leaked); [`Error::WatcherClosed`];
     /// [`Error::Io`] from the OS.
     pub fn register(&mut self, fd: impl Into<OwnedFd>) -> Result<Conn> {
-        let (conn, fd, kind) = self.shared.open(fd.into())?;
-        self.install(conn, fd, kind)?;
-        Ok(conn)
+        self.local().register(fd)
     }
 
-    /// Closes `conn` now (a connection registered through a [`Submitter`] that the
-    /// watcher has not taken over yet: right after it does). Pending requests on it
-    /// complete with [`Error::ConnClosed`] in the next `wait_io`. Freeing a stale
-    /// `Conn` does nothing.
+    /// Closes `conn` now: requests made before this call (on any thread) get
+    /// their chance to move, then the fd is
+    /// closed and every request still pending completes with
+    /// [`Error::ConnClosed`] in the next `wait_io`. Freeing a stale `Conn` does
+    /// nothing. ([`Local::free`] does the same at the next turn.)
     ///
     /// # Errors
     /// [`Error::WatcherClosed`].
@@ -375,22 +359,17 @@ impl<C> Watcher<C> {
         if self.closed {
             return Err(Error::WatcherClosed);
         }
-        let register_queued = match self.slots.get_mut(conn.slot) {
-            None => conn.watcher == self.shared.id,
-            Some(s) => s.generation == conn.generation && s.fd.is_none(),
-        };
-        if register_queued {
-            // Registered through a Submitter and not taken over yet: free it right
-            // after its registration, in queue order.
-            self.shared.push(Cmd::Free(conn))
-        } else {
-            self.free_conn(conn);
-            Ok(())
+        let eng = self.eng.get_mut();
+        if eng.remote_pending() {
+            // A registration (or requests) other threads made first go first.
+            eng.run_remote();
         }
+        eng.free_now(conn, &mut self.swap);
+        Ok(())
     }
 
-    /// Frees every registered connection now, as [`free`](Self::free) does for one:
-    /// their pending requests complete with [`Error::ConnClosed`] in the next
+    /// Frees every registered connection now, as [`free`](Self::free) does for
+    /// one: their pending requests complete with [`Error::ConnClosed`] in the next
     /// `wait_io`. For a graceful shutdown that still reports every request.
     ///
     /// # Errors
@@ -399,28 +378,15 @@ impl<C> Watcher<C> {
         if self.closed {
             return Err(Error::WatcherClosed);
         }
-        let live: Vec<Conn> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.fd.is_some())
-            .map(|(slot, s)| Conn {
-                slot,
-                generation: s.generation,
-                watcher: self.shared.id,
-            })
-            .collect();
-        for conn in live {
-            self.free_conn(conn);
-        }
+        let eng = self.eng.get_mut();
+        eng.run_remote();
+        eng.free_all(&mut self.swap);
         Ok(())
     }
 
     /// The watcher's counters.
     pub fn stats(&self) -> Stats {
-        Stats {
-            timers: self.eng.timers.len(),
-            ..self.eng.stats
-        }
+        self.eng.borrow().stats()
     }
 
     /// Blocks until at least one request completes (or a [`Submitter::wake`]),
@@ -457,61 +423,23 @@ impl<C> Watcher<C> {
         }
         self.closed = true;
         self.shared.close();
-        let conns = self.eng.stats.conns;
-        // Dropping the slots closes every fd, which also removes it from the poller.
-        self.slots.clear();
-        self.eng.done.clear();
-        self.eng.swap_waiters.clear();
-        self.eng.timers = Timers::default();
-        self.cmds.clear();
-        self.shared.counts.closed(self.eng.stats.conns as u64);
-        self.eng.stats.conns = 0;
-        self.eng.stats.pending_reads = 0;
-        self.eng.stats.pending_writes = 0;
-        self.shared.publish(&self.stats());
+        let eng = self.eng.get_mut();
+        eng.closed = true;
+        let conns = eng.stats().conns;
+        // Dropping the table closes every fd, which also removes it from the poller.
+        eng.clear();
+        self.batch.clear();
+        self.shared.publish(&eng.stats());
         tracing::debug!(conns, "gaio watcher closed");
         Ok(())
     }
 
-    fn install(&mut self, conn: Conn, fd: OwnedFd, kind: FdKind) -> Result<()> {
-        let s = self.slots.get_or_grow(conn.slot);
-        if let Err(e) = self.poller.register(fd.as_fd(), token(conn)) {
-            tracing::debug!(slot = conn.slot, error = %e, "gaio register refused by the poller");
-            // Retire this generation: requests on `conn` complete with ConnClosed.
-            s.generation = conn.generation.wrapping_add(1);
-            self.shared.counts.closed(1);
-            self.shared.release_slot(Conn {
-                slot: conn.slot,
-                generation: s.generation,
-                watcher: conn.watcher,
-            });
-            return Err(if e.raw_os_error() == Some(EPERM) {
-                Error::Unsupported
-            } else {
-                Error::Io(e)
-            });
-        }
-        s.generation = conn.generation;
-        tracing::debug!(
-            slot = conn.slot,
-            generation = conn.generation,
-            ?fd,
-            ?kind,
-            "gaio register"
-        );
-        s.install(fd, kind);
-        self.eng.stats.conns += 1;
-        self.eng.stats.syscalls += 1;
-        Ok(())
-    }
-
-    fn prepare_thread(&mut self) -> Result<()> {
-        let tag = thread_tag();
-        self.shared.owner.store(tag, Ordering::Relaxed);
+    fn pin(&mut self) -> Result<()> {
         if let Some(core) = self.cpu {
-            if self.pinned_on != tag {
+            let me = std::thread::current().id();
+            if self.pinned_on != Some(me) {
                 gaio_sys::pin_current_thread(core).map_err(|_| Error::InvalidCpu(core))?;
-                self.pinned_on = tag;
+                self.pinned_on = Some(me);
             }
         }
         Ok(())
@@ -521,629 +449,101 @@ impl<C> Watcher<C> {
         if self.closed {
             return Err(Error::WatcherClosed);
         }
-        self.prepare_thread()?;
-        let used = self.done_used;
-        self.done_trim.after(&mut self.eng.done, used);
+        self.pin()?;
+        let eng = self.eng.get_mut();
+        let swap = &mut self.swap[..];
+        self.batch_trim.after(&mut self.batch, self.batch_used);
         // The previous batch's borrow of the swap buffer has ended.
-        self.eng.swap_used = 0;
-        if !self.eng.swap_waiters.is_empty() {
-            self.retry_swap_waiters();
-        }
+        eng.retry_swap_waiters(swap);
         loop {
-            // The clock is read only when something needs it (deadlines, a timeout).
-            self.now = None;
-            self.run_commands();
-            self.expire();
-            if std::mem::take(&mut self.woken) && self.eng.done.is_empty() {
+            eng.tick();
+            if eng.remote_pending() {
+                eng.run_remote();
+            }
+            eng.run_dirty(swap);
+            eng.expire(swap);
+            if std::mem::take(&mut eng.woken) && eng.done.is_empty() {
                 break;
             }
-            if !self.eng.done.is_empty() {
+            if !eng.done.is_empty() {
                 // Completions already: return them without a poll, but poll (without
                 // blocking) every other batch so readiness cannot starve.
-                if self.skipped_poll && self.poll(Some(Duration::ZERO))? {
-                    self.dispatch();
+                if self.skipped_poll && eng.driver.poll(Some(Duration::ZERO))? {
+                    eng.dispatch(swap);
                 }
                 self.skipped_poll = !self.skipped_poll;
                 break;
             }
             // Poll at least once per call, even when `until` has passed
             // (`wait_io_timeout(ZERO)` is a non-blocking check, not a no-op).
-            let mut timeout = until.map(|u| u.saturating_duration_since(self.now()));
-            if let Some(next) = self.eng.timers.next() {
-                let d = next.saturating_duration_since(self.now());
+            let mut timeout = until.map(|u| u.saturating_duration_since(eng.now()));
+            if let Some(next) = eng.next_deadline() {
+                let d = next.saturating_duration_since(eng.now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            if self.poll(timeout)? {
-                self.dispatch();
+            if park(eng, &mut self.trims, self.busy_poll, timeout)? {
+                eng.dispatch(swap);
             }
             self.skipped_poll = false;
-            self.now = None;
-            self.expire();
-            if !self.eng.done.is_empty() || until.is_some_and(|u| self.now() >= u) {
+            eng.tick();
+            eng.expire(swap);
+            if !eng.done.is_empty() || until.is_some_and(|u| eng.now() >= u) {
                 break;
             }
         }
-        self.done_used = self.eng.done.len();
-        self.shared.publish(&self.stats());
+        std::mem::swap(&mut self.batch, &mut eng.done);
+        eng.swap_handed_out();
+        self.trims.done.after(&mut eng.done, self.batch_used);
+        self.batch_used = self.batch.len();
+        self.shared.publish(&eng.stats());
         Ok(Completions {
-            inner: self.eng.done.drain(..),
-            swap: &self.eng.swap,
+            inner: self.batch.drain(..),
+            swap: &self.swap,
+            eng: &self.eng,
         })
     }
+}
 
-    /// Polls; returns whether `self.events` holds fresh events.
-    fn poll(&mut self, timeout: Option<Duration>) -> Result<bool> {
-        let shared = &*self.shared;
-        let poller = &self.poller;
-        if timeout != Some(Duration::ZERO) {
-            if let Some(spin) = self.busy_poll {
-                let spin = timeout.map_or(spin, |t| t.min(spin));
-                let start = Instant::now();
-                loop {
-                    poller.wait(&mut self.events, Some(Duration::ZERO))?;
-                    self.eng.stats.syscalls += 1;
-                    if !self.events.is_empty() {
-                        return Ok(true);
-                    }
-                    if shared.has_queued(self.drained) {
-                        return Ok(false);
-                    }
-                    if start.elapsed() >= spin {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
+/// Polls, spinning first if busy-polling, parking in the poller otherwise; returns
+/// whether connections reported readiness.
+fn park<C>(
+    eng: &mut Engine<C>,
+    trims: &mut Trims,
+    busy_poll: Option<Duration>,
+    timeout: Option<Duration>,
+) -> Result<bool> {
+    if timeout == Some(Duration::ZERO) {
+        return Ok(eng.driver.poll(timeout)?);
+    }
+    if let Some(spin) = busy_poll {
+        let spin = timeout.map_or(spin, |t| t.min(spin));
+        let start = Instant::now();
+        loop {
+            if eng.driver.poll(Some(Duration::ZERO))? {
+                return Ok(true);
             }
-            self.cmds_trim.at_park(&mut self.cmds);
-            if self.local_cap > 256 {
-                shared.shrink_local(|cap| self.cmds_trim.idle_target(cap));
-                self.local_cap = 0;
-            }
-            self.remote_trim.at_park(&mut self.remote_buf);
-            self.dirty_trim.at_park(&mut self.dirty);
-            self.done_trim.at_park(&mut self.eng.done);
-            shared.publish(&Stats {
-                timers: self.eng.timers.len(),
-                ..self.eng.stats
-            });
-            // The other half of the handshake in `Shared::push` (SeqCst store, then
-            // SeqCst load in `has_queued`): a submitter either sees `parked` and
-            // wakes us, or we see its command and do not block.
-            shared.parked.store(true, Ordering::SeqCst);
-            if shared.has_queued(self.drained) {
-                shared.parked.store(false, Ordering::Relaxed);
+            if eng.remote_pending() {
                 return Ok(false);
             }
-            let res = poller.wait(&mut self.events, timeout);
-            shared.parked.store(false, Ordering::Relaxed);
-            self.eng.stats.syscalls += 1;
-            res?;
-        } else {
-            poller.wait(&mut self.events, timeout)?;
-            self.eng.stats.syscalls += 1;
-        }
-        Ok(true)
-    }
-
-    fn dispatch(&mut self) {
-        for ev in self.events.iter() {
-            let token = ev.token();
-            if token == WAKE_TOKEN {
-                continue;
+            if start.elapsed() >= spin {
+                break;
             }
-            let (slot, generation) = (token as u32, (token >> 32) as u32);
-            let Some(s) = self.slots.get_mut(slot) else {
-                continue;
-            };
-            if s.generation != generation || s.fd.is_none() {
-                continue; // an event for a freed (or not yet installed) connection
-            }
-            let hup = ev.is_read_closed() || ev.is_error();
-            let mut ready = 0;
-            if ev.is_readable() || hup {
-                ready |= READABLE;
-            }
-            if ev.is_writable() || hup {
-                ready |= WRITABLE;
-            }
-            if hup {
-                // Sticky: the FIN (or RST) arrived with this edge and no later edge
-                // will announce it, so reads must go on until they see it.
-                ready |= HUP;
-            }
-            s.flags |= ready;
-            if ready & READABLE != 0 && s.read.is_some() {
-                self.eng.do_reads(s, slot);
-            }
-            if ready & WRITABLE != 0 && s.write.is_some() {
-                self.eng.do_writes(s, slot);
-            }
+            std::hint::spin_loop();
         }
     }
-
-    /// The time, read once per loop turn and only if asked for.
-    fn now(&mut self) -> Instant {
-        *self.now.get_or_insert_with(Instant::now)
+    eng.trim_idle(trims);
+    let shared = eng.shared.clone();
+    shared.publish(&eng.stats());
+    // The watcher's half of the park handshake (see queue.rs): a submitter
+    // either sees `parked` and wakes us, or we see its command and do not block.
+    shared.parked.store(true, Ordering::SeqCst);
+    if eng.remote_pending() {
+        shared.parked.store(false, Ordering::Relaxed);
+        return Ok(false);
     }
-
-    fn run_commands(&mut self) {
-        if !self.shared.has_queued(self.drained) {
-            // An empty batch still counts for giving back burst buffers.
-            self.cmds_trim.after(&mut self.cmds, 0);
-            self.remote_trim.after(&mut self.remote_buf, 0);
-            self.dirty_trim.after(&mut self.dirty, 0);
-            return;
-        }
-        let mut cmds = std::mem::take(&mut self.cmds);
-        // `local` receives this vector's capacity in the swap.
-        self.local_cap = cmds.capacity();
-        let remote = self.shared.drain_into(&mut cmds, &mut self.remote_buf);
-        self.remote_trim.after(&mut self.remote_buf, remote);
-        let n = cmds.len();
-        self.drained += n as u64;
-        for q in cmds.drain(..) {
-            self.apply(q.cmd);
-        }
-        self.cmds_trim.after(&mut cmds, n);
-        let dirty = self.dirty.len();
-        for i in 0..dirty {
-            let slot = self.dirty[i];
-            let Some(s) = self.slots.get_mut(slot) else {
-                continue;
-            };
-            s.flags &= !DIRTY;
-            if s.fd.is_some() {
-                // Only the directions that can move: a call each costs a prologue.
-                if s.read.is_some() && s.flags & READABLE != 0 {
-                    self.eng.do_reads(s, slot);
-                }
-                if s.write.is_some() && s.flags & WRITABLE != 0 {
-                    self.eng.do_writes(s, slot);
-                }
-            }
-        }
-        self.dirty.clear();
-        self.dirty_trim.after(&mut self.dirty, dirty);
-        self.cmds = cmds;
-    }
-
-    fn apply(&mut self, cmd: Cmd<C>) {
-        match cmd {
-            Cmd::Submit {
-                conn,
-                req,
-                deadline,
-            } => self.submit(conn, req, deadline),
-            Cmd::Free(conn) => self.free_conn(conn),
-            Cmd::Wake => self.woken = true,
-            Cmd::Register(conn, fd, kind) => {
-                if let Err(e) = self.install(conn, fd, kind) {
-                    tracing::error!(slot = conn.slot, error = %e, "gaio: could not watch a registered fd; it was closed");
-                }
-            }
-        }
-    }
-
-    fn submit(&mut self, conn: Conn, mut req: Req<C>, deadline: Option<Instant>) {
-        let now = deadline.map(|_| self.now());
-        let eng = &mut self.eng;
-        let is_write = req.kind() == Kind::Write;
-        let (op, dir) = if is_write {
-            (Op::Write, Dir::Write)
-        } else {
-            (Op::Read, Dir::Read)
-        };
-        if is_write {
-            eng.stats.pending_writes += 1;
-        } else {
-            eng.stats.pending_reads += 1;
-        }
-        let Some(s) = self
-            .slots
-            .get_mut(conn.slot)
-            .filter(|s| s.generation == conn.generation && s.fd.is_some())
-            .filter(|_| conn.watcher == self.shared.id)
-        else {
-            eng.finish(conn, op, req, 0, Err(Error::ConnClosed), 0);
-            return;
-        };
-        if let (Some(at), Some(now)) = (deadline, now) {
-            if at <= now {
-                eng.finish(conn, op, req, 0, Err(Error::Deadline), 0);
-                return;
-            }
-            req.set_timer(eng.timers.insert(at, conn.slot, conn.generation, dir));
-        }
-        let head = if is_write { &mut s.write } else { &mut s.read };
-        if head.is_none() {
-            *head = Some(req);
-        } else if is_write {
-            s.spill().writes.push_back(req);
-        } else {
-            s.spill().reads.push_back(req);
-        }
-        if s.flags & DIRTY == 0 {
-            s.flags |= DIRTY;
-            self.dirty.push(conn.slot);
-        }
-    }
-
-    fn free_conn(&mut self, conn: Conn) {
-        let Some(s) = self
-            .slots
-            .get_mut(conn.slot)
-            .filter(|s| s.generation == conn.generation && s.fd.is_some())
-            .filter(|_| conn.watcher == self.shared.id)
-        else {
-            return;
-        };
-        let eng = &mut self.eng;
-        if s.flags & DIRTY != 0 {
-            // Requests from the batch being applied run before the close, as they
-            // would have had they arrived in an earlier batch: the outcome of
-            // `write; free` must not depend on batch boundaries.
-            eng.do_reads(s, conn.slot);
-            eng.do_writes(s, conn.slot);
-        }
-        if let Some(fd) = s.fd.take() {
-            // Deregister explicitly: a dup of the fd elsewhere would keep the
-            // registration (and its events) alive past close.
-            let _ = self.poller.deregister(fd.as_fd());
-            drop(fd);
-            eng.stats.syscalls += 2;
-        }
-        let pending = (
-            s.read.is_some() as usize + s.queued_reads(),
-            s.write.is_some() as usize + s.queued_writes(),
-        );
-        while let Some(req) = s.next_read() {
-            let done = req.done();
-            eng.finish(conn, Op::Read, req, done, Err(Error::ConnClosed), 0);
-        }
-        while let Some(req) = s.next_write() {
-            let done = req.done();
-            eng.finish(conn, Op::Write, req, done, Err(Error::ConnClosed), 0);
-        }
-        s.spill = None;
-        s.flags = 0;
-        s.generation = s.generation.wrapping_add(1);
-        eng.stats.conns -= 1;
-        eng.stats.freed += 1;
-        self.shared.counts.closed(1);
-        tracing::debug!(
-            slot = conn.slot,
-            generation = conn.generation,
-            pending_reads = pending.0,
-            pending_writes = pending.1,
-            "gaio free"
-        );
-        self.shared.release_slot(Conn {
-            slot: conn.slot,
-            generation: s.generation,
-            watcher: conn.watcher,
-        });
-    }
-
-    fn expire(&mut self) {
-        if self.eng.timers.len() == 0 {
-            return;
-        }
-        let now = self.now();
-        while let Some(t) = self.eng.timers.pop_expired(now) {
-            let Some(s) = self.slots.get_mut(t.slot) else {
-                continue;
-            };
-            debug_assert!(s.generation == t.generation && s.fd.is_some());
-            let conn = Conn {
-                slot: t.slot,
-                generation: t.generation,
-                watcher: self.shared.id,
-            };
-            let (req, was_head) = match t.dir {
-                Dir::Read => {
-                    take_by_timer(&mut s.read, s.spill.as_mut().map(|x| &mut x.reads), t.id)
-                }
-                Dir::Write => {
-                    take_by_timer(&mut s.write, s.spill.as_mut().map(|x| &mut x.writes), t.id)
-                }
-            };
-            let Some(mut req) = req else {
-                debug_assert!(false, "armed timer without its request");
-                continue;
-            };
-            req.set_timer(NO_TIMER); // already out of the heap
-            let done = req.done();
-            let op = if t.dir == Dir::Read {
-                Op::Read
-            } else {
-                Op::Write
-            };
-            tracing::trace!(slot = t.slot, ?op, done, "gaio deadline");
-            self.eng
-                .finish(conn, op, req, done, Err(Error::Deadline), 0);
-            if was_head {
-                // The next request in line may be able to proceed now.
-                match t.dir {
-                    Dir::Read => self.eng.do_reads(s, t.slot),
-                    Dir::Write => self.eng.do_writes(s, t.slot),
-                }
-            }
-        }
-    }
-
-    fn retry_swap_waiters(&mut self) {
-        let mut waiters = std::mem::take(&mut self.eng.swap_waiters);
-        for &slot in &waiters {
-            if let Some(s) = self.slots.get_mut(slot) {
-                s.flags &= !SWAP_WAIT;
-                if s.fd.is_some() {
-                    self.eng.do_reads(s, slot);
-                }
-            }
-        }
-        waiters.clear();
-        // Reads that still found no room re-added themselves to the (new) list.
-        waiters.append(&mut self.eng.swap_waiters);
-        self.eng.swap_waiters = waiters;
-    }
-}
-
-/// Gives back the memory of a burst: a batch vector keeps its capacity (so the
-/// steady state allocates nothing) until 64 batches in a row used under an eighth
-/// of it; then it shrinks. 10k connections registered at once must not leave
-/// ~80 bytes per connection of command buffer behind for good.
-#[derive(Debug, Default)]
-struct Trim {
-    quiet: u32,
-    /// Entries the last batch used.
-    last: usize,
-}
-
-impl Trim {
-    fn after<T>(&mut self, v: &mut Vec<T>, used: usize) {
-        self.last = used;
-        let cap = v.capacity();
-        if cap <= 256 {
-            return; // small enough to keep; not evidence either way
-        }
-        if used >= cap / 8 {
-            self.quiet = 0;
-            return;
-        }
-        self.quiet += 1;
-        if self.quiet >= 64 {
-            self.quiet = 0;
-            v.shrink_to((used * 2).max(64));
-        }
-    }
-
-    /// The capacity to shrink to when the watcher goes idle, if the last batch
-    /// used under an eighth of it: an idle server should not sit on the buffers
-    /// of its last burst (it may never run another batch to trigger `after`).
-    fn idle_target(&self, cap: usize) -> Option<usize> {
-        (cap > 256 && self.last < cap / 8).then(|| (self.last * 2).max(64))
-    }
-
-    fn at_park<T>(&mut self, v: &mut Vec<T>) {
-        if let Some(to) = self.idle_target(v.capacity()) {
-            v.shrink_to(to);
-            self.quiet = 0;
-        }
-    }
-}
-
-/// Removes the request with timer `id` from a queue: the head (then the next queued
-/// request becomes head) or one further back.
-fn take_by_timer<C>(
-    head: &mut Option<Req<C>>,
-    rest: Option<&mut std::collections::VecDeque<Req<C>>>,
-    id: u32,
-) -> (Option<Req<C>>, bool) {
-    if head.as_ref().is_some_and(|r| r.timer() == id) {
-        let next = rest.and_then(|q| q.pop_front());
-        return (std::mem::replace(head, next), true);
-    }
-    let found = rest.and_then(|q| {
-        let i = q.iter().position(|r| r.timer() == id)?;
-        q.remove(i)
-    });
-    (found, false)
-}
-
-impl<C> Engine<C> {
-    /// Records a completion. Every accepted request passes through here exactly once.
-    #[inline]
-    fn finish(
-        &mut self,
-        conn: Conn,
-        op: Op,
-        req: Req<C>,
-        size: usize,
-        result: Result<()>,
-        swap_off: usize,
-    ) {
-        if req.timer() != NO_TIMER {
-            self.timers.remove(req.timer());
-        }
-        if let Err(e) = &result {
-            tracing::trace!(slot = conn.slot, ?op, size, error = %e, "gaio request failed");
-        }
-        match op {
-            Op::Read => self.stats.pending_reads -= 1,
-            Op::Write => self.stats.pending_writes -= 1,
-        }
-        self.stats.completions += 1;
-        let buf = match req.buf {
-            Some(v) => DoneBuf::Owned(v),
-            None => DoneBuf::Swap {
-                off: swap_off,
-                len: if result.is_ok() { size } else { 0 },
-            },
-        };
-        self.done.push(Done {
-            op,
-            conn,
-            ctx: req.ctx,
-            size,
-            result,
-            buf,
-        });
-    }
-
-    /// Runs the read queue of `s` while the fd is readable.
-    fn do_reads(&mut self, s: &mut Slot<C>, slot: u32) {
-        let conn = Conn {
-            slot,
-            generation: s.generation,
-            watcher: self.watcher,
-        };
-        loop {
-            if s.flags & READABLE == 0 {
-                return;
-            }
-            let (Some(fd), Some(req)) = (s.fd.as_ref(), s.read.as_mut()) else {
-                return;
-            };
-            let swap_off = self.swap_used;
-            let done = req.done();
-            let (res, want) = match req.buf.as_mut() {
-                Some(b) => {
-                    let target = &mut b[done..];
-                    (gaio_sys::read(fd.as_fd(), target), target.len())
-                }
-                None => {
-                    let room = self.swap.len() - swap_off;
-                    if room < self.swap_min {
-                        if s.flags & SWAP_WAIT == 0 {
-                            s.flags |= SWAP_WAIT;
-                            self.swap_waiters.push(slot);
-                        }
-                        return;
-                    }
-                    (gaio_sys::read(fd.as_fd(), &mut self.swap[swap_off..]), room)
-                }
-            };
-            self.stats.syscalls += 1;
-            let (size, result) = match res {
-                Ok(0) => {
-                    // EOF. read_full short of its length is an error, like read_exact.
-                    let res = if req.kind() == Kind::ReadFull {
-                        Err(Error::Io(io::ErrorKind::UnexpectedEof.into()))
-                    } else {
-                        Ok(())
-                    };
-                    (req.done(), res)
-                }
-                Ok(n) => {
-                    if SHORT_IO_CLEARS_READINESS && n < want && s.flags & HUP == 0 {
-                        s.flags &= !READABLE;
-                    }
-                    if req.buf.is_none() {
-                        self.swap_used += n;
-                        (n, Ok(()))
-                    } else {
-                        req.advance(n);
-                        if req.kind() == Kind::ReadFull && n < want {
-                            continue;
-                        }
-                        (req.done(), Ok(()))
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    s.flags &= !READABLE;
-                    return;
-                }
-                Err(e) => (req.done(), Err(Error::Io(e))),
-            };
-            let req = s.next_read().expect("read head present");
-            self.finish(conn, Op::Read, req, size, result, swap_off);
-        }
-    }
-
-    /// Runs the write queue of `s` while the fd is writable, several queued writes
-    /// per `writev`.
-    fn do_writes(&mut self, s: &mut Slot<C>, slot: u32) {
-        let conn = Conn {
-            slot,
-            generation: s.generation,
-            watcher: self.watcher,
-        };
-        loop {
-            if s.flags & WRITABLE == 0 {
-                return;
-            }
-            let (Some(fd), Some(head)) = (s.fd.as_ref(), s.write.as_ref()) else {
-                return;
-            };
-            let first = &head.buf.as_deref().expect("writes own a buffer")[head.done()..];
-            let socket = s.flags & SOCKET != 0;
-            let queued = s
-                .spill
-                .as_ref()
-                .map(|x| &x.writes)
-                .filter(|q| !q.is_empty());
-            let (res, want) = match queued {
-                None => {
-                    let res = if socket {
-                        gaio_sys::send(fd.as_fd(), first)
-                    } else {
-                        gaio_sys::write(fd.as_fd(), first)
-                    };
-                    (res, first.len())
-                }
-                Some(q) => {
-                    let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                    iov[0] = IoSlice::new(first);
-                    let mut want = first.len();
-                    let mut n = 1;
-                    for r in q.iter().take(IOV_MAX - 1) {
-                        let b = r.buf.as_deref().expect("writes own a buffer");
-                        iov[n] = IoSlice::new(b);
-                        want += b.len();
-                        n += 1;
-                    }
-                    let res = if socket {
-                        gaio_sys::sendv(fd.as_fd(), &iov[..n])
-                    } else {
-                        gaio_sys::writev(fd.as_fd(), &iov[..n])
-                    };
-                    (res, want)
-                }
-            };
-            self.stats.syscalls += 1;
-            match res {
-                Ok(mut n) => {
-                    let short = n < want;
-                    while n > 0 {
-                        let head = s.write.as_mut().expect("bytes written belong to a request");
-                        let left = head.buf.as_ref().map_or(0, Vec::len) - head.done();
-                        if n < left {
-                            head.advance(n);
-                            break;
-                        }
-                        n -= left;
-                        head.advance(left);
-                        let req = s.next_write().expect("write head present");
-                        let size = req.done();
-                        self.finish(conn, Op::Write, req, size, Ok(()), 0);
-                    }
-                    if short && SHORT_IO_CLEARS_READINESS {
-                        s.flags &= !WRITABLE;
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    s.flags &= !WRITABLE;
-                    return;
-                }
-                Err(e) => {
-                    let req = s.next_write().expect("write head present");
-                    let size = req.done();
-                    self.finish(conn, Op::Write, req, size, Err(Error::Io(e)), 0);
-                }
-            }
-        }
-    }
+    let res = eng.driver.poll(timeout);
+    shared.parked.store(false, Ordering::Relaxed);
+    Ok(res?)
 }
 
 impl<C> Drop for Watcher<C> {

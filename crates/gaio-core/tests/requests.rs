@@ -376,3 +376,71 @@ fn conn_of_another_watcher_is_refused() {
     ));
     assert!(matches!(tb.free(conn), Err(Error::ConnClosed)));
 }
+
+#[test]
+fn local_write_then_free_in_one_batch_sends_the_write() {
+    let _serial = serial();
+    let (mut c, mut w, _tx, conn) = watched::<()>();
+    let io = w.local();
+    io.write(conn, (), b"bye".to_vec()).unwrap();
+    io.free(conn).unwrap();
+    // Requests after the free complete with ConnClosed, never reach the socket.
+    io.write(conn, (), b"late".to_vec()).unwrap();
+    let done = collect(&mut w, 2);
+    assert!(done[0].result.is_ok(), "{:?}", done[0].result);
+    assert!(matches!(done[1].result, Err(Error::ConnClosed)));
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"bye");
+}
+
+/// The hot path keeps happens-before order with the cross-thread queue: a write
+/// another thread submitted before this thread's write goes out first, though
+/// the local one skips the queue.
+#[test]
+fn remote_request_before_local_request_keeps_order() {
+    let _serial = serial();
+    let (mut c, mut w, tx, conn) = watched::<u8>();
+    for round in 0..50u8 {
+        let remote = tx.clone();
+        std::thread::spawn(move || remote.write(conn, 1, vec![round; 100]).unwrap())
+            .join()
+            .unwrap();
+        w.local().write(conn, 2, vec![round ^ 0xff; 100]).unwrap();
+        let done = collect(&mut w, 2);
+        assert_eq!(
+            done.iter().map(|d| d.ctx).collect::<Vec<_>>(),
+            [1, 2],
+            "completion order"
+        );
+        let mut got = [0u8; 200];
+        c.read_exact(&mut got).unwrap();
+        assert!(got[..100].iter().all(|&b| b == round), "remote bytes first");
+        assert!(got[100..].iter().all(|&b| b == round ^ 0xff));
+    }
+}
+
+#[test]
+fn local_requests_are_refused_like_submitter_ones() {
+    let _serial = serial();
+    let (_c, mut w, _tx, conn) = watched::<()>();
+    let other: Watcher<()> = Watcher::new().unwrap();
+    let io = w.local();
+    assert!(matches!(
+        io.write(conn, (), Vec::new()),
+        Err(Error::EmptyBuffer)
+    ));
+    assert!(matches!(
+        io.read(conn, (), Some(Vec::new())),
+        Err(Error::EmptyBuffer)
+    ));
+    assert!(matches!(
+        other.local().read(conn, (), None),
+        Err(Error::ConnClosed)
+    ));
+    w.close().unwrap();
+    assert!(matches!(
+        w.local().read(conn, (), None),
+        Err(Error::WatcherClosed)
+    ));
+}

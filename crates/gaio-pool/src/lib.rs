@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
-use gaio_core::{Completion, Conn, ConnCounts, Error, Result, Submitter, Watcher};
+use gaio_core::{Completion, Conn, ConnCounts, Error, Local, Result, Submitter, Watcher};
 
 pub use balancer::{Balancer, BalancerKind, LeastConnections, Loads, RoundRobin, SourceHash};
 
@@ -86,39 +86,47 @@ pub enum Event<'a, C> {
 ///
 /// Implemented for every `FnMut(&Io<C>, Event<'_, C>)`.
 pub trait Handler<C>: 'static {
-    /// Handles one event; submit further requests through `io`.
-    fn handle(&mut self, io: &Io<C>, event: Event<'_, C>);
+    /// Handles one event; make further requests through `io`.
+    fn handle(&mut self, io: &Io<'_, C>, event: Event<'_, C>);
 }
 
 impl<C, F> Handler<C> for F
 where
-    F: for<'a> FnMut(&Io<C>, Event<'a, C>) + 'static,
+    F: for<'a, 'b> FnMut(&Io<'b, C>, Event<'a, C>) + 'static,
 {
-    fn handle(&mut self, io: &Io<C>, event: Event<'_, C>) {
+    fn handle(&mut self, io: &Io<'_, C>, event: Event<'_, C>) {
         self(io, event)
     }
 }
 
 /// A handler's way back into its watcher: dereferences to the watcher's
-/// [`Submitter`] (`io.read(..)`, `io.write(..)`, `io.free(..)`).
+/// [`Local`] handle (`io.read(..)`, `io.write(..)`, `io.free(..)`), the hot path
+/// for requests on the watcher's own thread. For another thread, take a
+/// [`Submitter`] with [`submitter`](Self::submitter).
 #[derive(Debug)]
-pub struct Io<C> {
+pub struct Io<'a, C> {
     index: usize,
-    tx: Submitter<C>,
+    local: Local<'a, C>,
+    tx: &'a Submitter<C>,
 }
 
-impl<C> Io<C> {
+impl<'a, C> Io<'a, C> {
     /// Which watcher of the pool this is (0-based).
     pub fn index(&self) -> usize {
         self.index
     }
+
+    /// A handle to this watcher for other threads (`Clone + Send + Sync`).
+    pub fn submitter(&self) -> &'a Submitter<C> {
+        self.tx
+    }
 }
 
-impl<C> Deref for Io<C> {
-    type Target = Submitter<C>;
+impl<'a, C> Deref for Io<'a, C> {
+    type Target = Local<'a, C>;
 
-    fn deref(&self) -> &Submitter<C> {
-        &self.tx
+    fn deref(&self) -> &Local<'a, C> {
+        &self.local
     }
 }
 
@@ -565,9 +573,9 @@ fn resolve(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
 /// One batch: completions, then connections handed over since the last batch.
 /// Returns how many events the handler saw.
 fn turn<C, H: Handler<C>>(
+    index: usize,
     w: &mut Watcher<C>,
     worker: &Worker<C>,
-    io: &Io<C>,
     handler: &mut H,
     timeout: Option<Duration>,
 ) -> Result<usize> {
@@ -575,13 +583,18 @@ fn turn<C, H: Handler<C>>(
         None => w.wait_io()?,
         Some(t) => w.wait_io_timeout(t)?,
     };
+    let io = Io {
+        index,
+        local: batch.local(),
+        tx: &worker.tx,
+    };
     let mut events = 0;
     for res in batch {
-        handler.handle(io, Event::Completed(res));
+        handler.handle(&io, Event::Completed(res));
         events += 1;
     }
     while let Some((conn, peer)) = worker.new_conns.pop() {
-        handler.handle(io, Event::Connected { conn, peer });
+        handler.handle(&io, Event::Connected { conn, peer });
         events += 1;
     }
     Ok(events)
@@ -593,12 +606,8 @@ fn run_watcher<C, H: Handler<C>>(
     worker: &Worker<C>,
     mut handler: H,
 ) {
-    let io = Io {
-        index,
-        tx: w.submitter(),
-    };
     while !worker.stop.load(Ordering::Acquire) {
-        if let Err(e) = turn(&mut w, worker, &io, &mut handler, None) {
+        if let Err(e) = turn(index, &mut w, worker, &mut handler, None) {
             tracing::error!(watcher = index, error = %e, "gaio-pool: watcher failed");
             return;
         }
@@ -609,7 +618,7 @@ fn run_watcher<C, H: Handler<C>>(
     let until = Instant::now() + grace;
     let mut wait = Duration::ZERO;
     loop {
-        if turn(&mut w, worker, &io, &mut handler, Some(wait)).is_err() {
+        if turn(index, &mut w, worker, &mut handler, Some(wait)).is_err() {
             break;
         }
         wait = until.saturating_duration_since(Instant::now());
@@ -624,7 +633,7 @@ fn run_watcher<C, H: Handler<C>>(
     let hard = until.max(Instant::now() + Duration::from_millis(100));
     loop {
         let _ = w.free_all();
-        match turn(&mut w, worker, &io, &mut handler, Some(Duration::ZERO)) {
+        match turn(index, &mut w, worker, &mut handler, Some(Duration::ZERO)) {
             Ok(0) | Err(_) => break,
             Ok(_) if Instant::now() >= hard => break,
             Ok(_) => {}

@@ -5,23 +5,14 @@
 
 use std::time::Instant;
 
-/// Which queue of a connection a timer belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
-    Read,
-    Write,
-}
-
-/// Timer id stored in a request; `NO_TIMER` when it has no deadline. Ids fit in
-/// 30 bits (the request keeps its kind in the other two).
-pub(crate) const NO_TIMER: u32 = (1 << 30) - 1;
+use crate::req::{Direction, NO_TIMER};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Expired {
     pub id: u32,
     pub slot: u32,
     pub generation: u32,
-    pub dir: Dir,
+    pub dir: Direction,
 }
 
 #[derive(Debug)]
@@ -29,7 +20,7 @@ struct Entry {
     at: Instant,
     slot: u32,
     generation: u32,
-    dir: Dir,
+    dir: Direction,
     /// Index in `heap`, or `u32::MAX` while the entry is on the free list.
     pos: u32,
 }
@@ -46,7 +37,7 @@ impl Timers {
         self.heap.len()
     }
 
-    pub fn insert(&mut self, at: Instant, slot: u32, generation: u32, dir: Dir) -> u32 {
+    pub fn insert(&mut self, at: Instant, slot: u32, generation: u32, dir: Direction) -> u32 {
         let pos = self.heap.len() as u32;
         let entry = Entry {
             at,
@@ -65,7 +56,7 @@ impl Timers {
                 (self.entries.len() - 1) as u32
             }
         };
-        assert!(id < NO_TIMER, "over 2^30 deadlines armed at once");
+        assert!(id < NO_TIMER, "over 2^30 - 1 deadlines armed at once");
         self.heap.push(id);
         self.sift_up(pos as usize);
         id
@@ -169,7 +160,12 @@ mod tests {
             let ms = (i * 73) % 200 + 1;
             ids.push((
                 ms,
-                t.insert(base + Duration::from_millis(ms), i as u32, 0, Dir::Read),
+                t.insert(
+                    base + Duration::from_millis(ms),
+                    i as u32,
+                    0,
+                    Direction::Read,
+                ),
             ));
         }
         // Remove every third timer.
@@ -194,8 +190,8 @@ mod tests {
         let got_ms: Vec<u64> = got.iter().map(|&s| (s as u64 * 73) % 200 + 1).collect();
         assert_eq!(got_ms, kept);
         // Ids are reused, and the heap still works after.
-        let a = t.insert(base + Duration::from_millis(5), 1, 1, Dir::Write);
-        let b = t.insert(base + Duration::from_millis(3), 2, 1, Dir::Write);
+        let a = t.insert(base + Duration::from_millis(5), 1, 1, Direction::Write);
+        let b = t.insert(base + Duration::from_millis(3), 2, 1, Direction::Write);
         assert_eq!(t.next(), Some(base + Duration::from_millis(3)));
         t.remove(b);
         assert_eq!(t.pop_expired(base + Duration::from_secs(1)).unwrap().id, a);
