@@ -4,7 +4,7 @@
 //! Hand a connected stream socket or pipe to a watcher, submit reads and writes
 //! with owned buffers (or none: the watcher's shared swap buffer), and collect
 //! completions in batches. An idle connection costs one slot in a table (about
-//! 120 bytes with a pending read) — no task, no thread, no buffer.
+//! 100 bytes with a pending read) — no task, no thread, no buffer.
 //!
 //! # Quick start: the echo server from Go gaio's README
 //!
