@@ -148,7 +148,7 @@ fn echo_64k(c: &mut Criterion) {
 
 fn submit_timeouts(tx: &Submitter<u32>, conn: Conn, n: u32, at: Instant) {
     for i in 0..n {
-        tx.read_timeout(conn, i, None, at).unwrap();
+        tx.read_deadline(conn, i, None, at).unwrap();
     }
 }
 

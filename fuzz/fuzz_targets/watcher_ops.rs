@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 if let Some(i) = pick(conns.len()) {
                     let deadline = Instant::now() + Duration::from_micros(b as u64 * 50);
-                    tx.write_timeout(conns[i].conn, next, vec![b; 1 + b as usize], deadline).unwrap();
+                    tx.write_deadline(conns[i].conn, next, vec![b; 1 + b as usize], deadline).unwrap();
                     pending.insert(next, (i, Op::Write));
                     next += 1;
                 }

@@ -170,7 +170,7 @@ fn drive(addr: SocketAddr, pid: u32, secs: Duration) -> Result<String, String> {
     for _ in 0..20 {
         let c = connect(&mut w)?;
         connects += 1;
-        tx.read_timeout(
+        tx.read_deadline(
             c,
             PROBE,
             None,
@@ -206,7 +206,7 @@ fn drive(addr: SocketAddr, pid: u32, secs: Duration) -> Result<String, String> {
                 (ECHO, Op::Write, Ok(())) => {}
                 (PROBE, _, Err(Error::Deadline)) => {
                     deadlines += 1;
-                    tx.read_timeout(
+                    tx.read_deadline(
                         conn,
                         PROBE,
                         None,

@@ -3,6 +3,16 @@ use std::io;
 
 /// Everything a gaio request or call can fail with.
 ///
+/// ```
+/// use gaio_core::Error;
+/// let e = Error::Deadline;
+/// assert!(e.is_deadline());
+/// assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+/// assert_eq!(e.to_string(), "deadline exceeded");
+/// let io: std::io::Error = e.into(); // for code that speaks std::io
+/// # let _ = io;
+/// ```
+///
 /// EOF on a read is not an error: it completes with `Ok` and size 0, as in
 /// `std::io::Read`. A [`read_full`](crate::Submitter::read_full) that meets EOF before
 /// its buffer is full completes with `Io` of kind [`io::ErrorKind::UnexpectedEof`],
@@ -27,6 +37,11 @@ pub enum Error {
     Unsupported,
     /// The CPU core asked for does not exist or is not available to this process.
     InvalidCpu(usize),
+    /// The write would take the bytes queued on its connection past the
+    /// watcher's [`write_limit`](crate::Builder::write_limit): the peer is not
+    /// reading fast enough. Refused at once on the watcher's thread; a
+    /// `Submitter` write completes with it.
+    WriteLimit,
 }
 
 impl Error {
@@ -43,6 +58,7 @@ impl Error {
             Error::ConnClosed | Error::WatcherClosed => io::ErrorKind::NotConnected,
             Error::EmptyBuffer | Error::InvalidCpu(_) => io::ErrorKind::InvalidInput,
             Error::Unsupported => io::ErrorKind::Unsupported,
+            Error::WriteLimit => io::ErrorKind::WouldBlock,
         }
     }
 }
@@ -52,11 +68,12 @@ impl fmt::Display for Error {
         match self {
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Deadline => f.write_str("deadline exceeded"),
-            Error::ConnClosed => f.write_str("connection closed by free"),
+            Error::ConnClosed => f.write_str("connection closed (freed, or not this watcher's)"),
             Error::WatcherClosed => f.write_str("watcher closed"),
             Error::EmptyBuffer => f.write_str("empty buffer"),
             Error::Unsupported => f.write_str("fd is not a pollable stream socket or pipe"),
             Error::InvalidCpu(c) => write!(f, "cpu core {c} does not exist"),
+            Error::WriteLimit => f.write_str("write limit of the connection reached"),
         }
     }
 }

@@ -125,7 +125,7 @@ mod watcher;
 pub use conn::Conn;
 pub use error::{Error, Result};
 pub use queue::ConnCounts;
-pub use submit::{Local, Submitter};
+pub use submit::{Local, Submitter, WriteBuf};
 pub use watcher::{Buffer, Builder, Completion, Completions, Op, Stats, Watcher};
 
 const _: () = {

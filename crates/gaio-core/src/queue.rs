@@ -37,7 +37,8 @@ pub(crate) enum Cmd<C> {
         deadline: Option<Instant>,
     },
     Free(Conn),
-    Register(Conn, OwnedFd, FdKind),
+    /// Take an fd over; `true`: a nonblocking connect is under way.
+    Register(Conn, OwnedFd, FdKind, bool),
     /// Make `wait_io` return, even with an empty batch.
     Wake,
 }
@@ -116,6 +117,7 @@ struct Published {
     completions: AtomicU64,
     freed: AtomicU64,
     syscalls: AtomicU64,
+    queued_write_bytes: AtomicUsize,
 }
 
 impl<C> Shared<C> {
@@ -222,6 +224,8 @@ impl<C> Shared<C> {
         p.completions.store(st.completions, Ordering::Relaxed);
         p.freed.store(st.freed, Ordering::Relaxed);
         p.syscalls.store(st.syscalls, Ordering::Relaxed);
+        p.queued_write_bytes
+            .store(st.queued_write_bytes, Ordering::Relaxed);
     }
 
     pub fn published(&self) -> Stats {
@@ -234,6 +238,7 @@ impl<C> Shared<C> {
             completions: p.completions.load(Ordering::Relaxed),
             freed: p.freed.load(Ordering::Relaxed),
             syscalls: p.syscalls.load(Ordering::Relaxed),
+            queued_write_bytes: p.queued_write_bytes.load(Ordering::Relaxed),
         }
     }
 }

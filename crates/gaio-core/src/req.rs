@@ -1,8 +1,10 @@
 //! A request: what it asks for ([`Kind`], its [`Direction`]), its buffer and
 //! context, its progress, and the policy that decides when it is complete — read
 //! what is there, fill the buffer (`read_full`), write everything. The bit layout
-//! that packs the kind and the timer id into one word is defined here and nowhere
-//! else.
+//! that packs the kind, the doomed flag and the timer id into one word is defined
+//! here and nowhere else.
+
+use std::sync::Arc;
 
 use crate::{Error, Result};
 
@@ -23,22 +25,30 @@ pub(crate) enum Kind {
     ReadFull = 1,
     /// All of the buffer.
     Write = 2,
+    /// One connection from a listener.
+    Accept = 3,
+    /// Waits for a nonblocking connect to finish (head of the write queue).
+    Connect = 4,
+    /// Shuts the write side down once the writes before it are out.
+    Shutdown = 5,
+    /// Closes the connection once the writes before it are out.
+    Close = 6,
 }
 
 impl Kind {
     pub fn direction(self) -> Direction {
         match self {
-            Kind::Read | Kind::ReadFull => Direction::Read,
-            Kind::Write => Direction::Write,
+            Kind::Read | Kind::ReadFull | Kind::Accept => Direction::Read,
+            Kind::Write | Kind::Connect | Kind::Shutdown | Kind::Close => Direction::Write,
         }
     }
 }
 
-// The layout of `Req::meta`: kind in the top two bits, then the doomed bit, then
-// the timer id.
-const KIND_SHIFT: u32 = 30;
-const DOOMED: u32 = 1 << 29;
-const TIMER_BITS: u32 = 29;
+// The layout of `Req::meta`: kind in the top three bits, then the doomed bit,
+// then the timer id.
+const KIND_SHIFT: u32 = 29;
+const DOOMED: u32 = 1 << 28;
+const TIMER_BITS: u32 = 28;
 const TIMER_MASK: u32 = (1 << TIMER_BITS) - 1;
 /// The timer id of a request without a deadline; real ids are below it.
 pub(crate) const NO_TIMER: u32 = TIMER_MASK;
@@ -46,14 +56,36 @@ pub(crate) const NO_TIMER: u32 = TIMER_MASK;
 /// The largest buffer a request may carry: progress is counted in a `u32`.
 pub(crate) const MAX_BUF: usize = u32::MAX as usize;
 
+/// A request's buffer.
+#[derive(Debug)]
+pub(crate) enum Buf {
+    /// None: a swap-buffer read, or a request that moves no bytes.
+    None,
+    Owned(Vec<u8>),
+    /// An immutable buffer shared with other writes (a broadcast).
+    Shared(Arc<[u8]>),
+}
+
+impl Buf {
+    pub fn len(&self) -> usize {
+        match self {
+            Buf::None => 0,
+            Buf::Owned(v) => v.len(),
+            Buf::Shared(b) => b.len(),
+        }
+    }
+}
+
 /// Refuses what can never complete: an empty buffer where one is needed (a
 /// `Some` read buffer, `read_full`, a write) or one over 4 GiB.
 #[inline]
-pub(crate) fn check_buf(buf: Option<&Vec<u8>>, kind: Kind) -> Result<()> {
-    match buf.map(Vec::len) {
-        None if kind != Kind::Read => Err(Error::EmptyBuffer),
-        Some(0) => Err(Error::EmptyBuffer),
-        Some(n) if n > MAX_BUF => Err(Error::Io(std::io::Error::new(
+pub(crate) fn check_buf(buf: &Buf, kind: Kind) -> Result<()> {
+    let needs = matches!(kind, Kind::ReadFull | Kind::Write);
+    match buf {
+        Buf::None if needs => Err(Error::EmptyBuffer),
+        Buf::None => Ok(()),
+        b if b.len() == 0 => Err(Error::EmptyBuffer),
+        b if b.len() > MAX_BUF => Err(Error::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "a request's buffer must be under 4 GiB",
         ))),
@@ -68,8 +100,7 @@ pub(crate) fn check_buf(buf: Option<&Vec<u8>>, kind: Kind) -> Result<()> {
 /// 128-byte budget per idle connection.
 #[derive(Debug)]
 pub(crate) struct Req<C> {
-    /// `None`: read into the swap buffer.
-    pub buf: Option<Vec<u8>>,
+    pub buf: Buf,
     pub ctx: C,
     /// Bytes moved so far (read_full and write make progress across calls).
     done: u32,
@@ -87,8 +118,8 @@ pub(crate) enum Step {
 }
 
 impl<C> Req<C> {
-    pub fn new(buf: Option<Vec<u8>>, ctx: C, kind: Kind) -> Req<C> {
-        debug_assert!(check_buf(buf.as_ref(), kind).is_ok());
+    pub fn new(buf: Buf, ctx: C, kind: Kind) -> Req<C> {
+        debug_assert!(check_buf(&buf, kind).is_ok());
         Req {
             buf,
             ctx,
@@ -101,7 +132,11 @@ impl<C> Req<C> {
         match self.meta >> KIND_SHIFT {
             0 => Kind::Read,
             1 => Kind::ReadFull,
-            _ => Kind::Write,
+            2 => Kind::Write,
+            3 => Kind::Accept,
+            4 => Kind::Connect,
+            5 => Kind::Shutdown,
+            _ => Kind::Close,
         }
     }
 
@@ -114,8 +149,9 @@ impl<C> Req<C> {
         self.meta = (self.meta & !TIMER_MASK) | id;
     }
 
-    /// Made after its connection was freed: it waits in line (so completions keep
-    /// their order) but never moves a byte, and completes with `ConnClosed`.
+    /// Made after its connection was freed or closed: it waits in line (so
+    /// completions keep their order) but never moves a byte, and completes with
+    /// `ConnClosed`.
     pub fn doom(&mut self) {
         self.meta |= DOOMED;
     }
@@ -132,11 +168,21 @@ impl<C> Req<C> {
         self.done += n as u32;
     }
 
-    /// The bytes a write still has to send.
+    /// The bytes a write still has to send (none for other kinds).
     pub fn unsent(&self) -> &[u8] {
         match &self.buf {
-            Some(b) => &b[self.done()..],
-            None => &[],
+            Buf::Owned(b) => &b[self.done()..],
+            Buf::Shared(b) => &b[self.done()..],
+            Buf::None => &[],
+        }
+    }
+
+    /// Where an owned-buffer read goes next; `None` for a swap-buffer read.
+    pub fn read_target(&mut self) -> Option<&mut [u8]> {
+        let done = self.done();
+        match &mut self.buf {
+            Buf::Owned(b) => Some(&mut b[done..]),
+            _ => None,
         }
     }
 
@@ -155,7 +201,7 @@ impl<C> Req<C> {
                 result,
             };
         }
-        if self.buf.is_none() {
+        if matches!(self.buf, Buf::None) {
             return Step::Complete {
                 size: n,
                 result: Ok(()),

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,36 +14,89 @@ use crate::conn::WAKE_TOKEN;
 use crate::driver::Driver;
 use crate::engine::{Done, DoneBuf, Engine, Trim, Trims};
 use crate::queue::Shared;
-use crate::req::Direction;
 use crate::submit::{Local, Submitter};
 use crate::{Conn, Error, Result};
 
-/// Which way a request moved bytes.
+/// What a request did.
+///
+/// ```
+/// use gaio_core::Op;
+/// assert_ne!(Op::Read, Op::Write);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// `read`, `read_timeout` or `read_full`.
+    /// `read`, `read_timeout`, `read_deadline` or `read_full`.
     Read,
-    /// `write` or `write_timeout`.
+    /// `write`, `write_timeout` or `write_deadline`.
     Write,
+    /// `accept`: the new connection is in [`Completion::accepted`].
+    Accept,
+    /// `connect`: the connection (the completion's `conn`) is connected, or the
+    /// error says why not (and the connection is closed).
+    Connect,
+    /// `shutdown`: the write side is shut down, after every write before it.
+    Shutdown,
+    /// `close`: every write before it went out and the connection is closed.
+    Close,
 }
 
-/// The buffer a completion hands back.
+/// What a completion hands back.
+///
+/// ```
+/// # use gaio_core::Buffer;
+/// fn reuse(b: Buffer<'_>, spare: &mut Vec<Vec<u8>>) {
+///     if let Buffer::Owned(mut v) = b {
+///         v.clear();
+///         spare.push(v); // the next write's buffer, without allocating
+///     }
+/// }
+/// # reuse(Buffer::Owned(vec![1]), &mut Vec::new());
+/// ```
 #[derive(Debug)]
 pub enum Buffer<'a> {
     /// The caller's own buffer, with the length it was submitted with; the
     /// completion's `size` says how much of it was filled (reads) or sent (writes).
     Owned(Vec<u8>),
+    /// The shared buffer a write was given ([`WriteBuf::Shared`](crate::WriteBuf)).
+    Shared(std::sync::Arc<[u8]>),
     /// The bytes a swap-buffer read received (exactly `size` bytes), borrowed from
     /// the watcher until the next `wait_io`.
     Swap(&'a [u8]),
+    /// An accepted connection, already registered on this watcher, and its peer
+    /// (`None` for a Unix socket).
+    Accepted {
+        /// The new connection.
+        conn: Conn,
+        /// The client's address, for TCP.
+        peer: Option<std::net::SocketAddr>,
+    },
+    /// Nothing: a request that carried no buffer (connect, shutdown, close).
+    None,
 }
 
 /// One finished request, from [`Watcher::wait_io`].
+///
+/// ```
+/// use std::io::Write;
+/// use gaio_core::{Op, Watcher};
+///
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+/// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+/// let mut w: Watcher<u8> = Watcher::new()?;
+/// let conn = w.register(listener.accept()?.0)?;
+/// w.local().read(conn, 7, None)?;
+/// client.write_all(b"abc")?;
+/// let res = w.wait_io()?.next().unwrap();
+/// assert_eq!((res.op, res.conn, res.ctx, res.size), (Op::Read, conn, 7, 3));
+/// assert!(res.result.is_ok() && !res.is_eof());
+/// assert_eq!(res.data(), b"abc");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Completion<'a, C> {
-    /// Read or write.
+    /// What the request did.
     pub op: Op,
-    /// The connection the request was on.
+    /// The connection the request was on (for an accept: the listener).
     pub conn: Conn,
     /// The value given at submission, unchanged.
     pub ctx: C,
@@ -51,24 +105,35 @@ pub struct Completion<'a, C> {
     pub size: usize,
     /// `Ok` or why the request ended early.
     pub result: Result<()>,
-    /// The caller's buffer, or the swap-buffer bytes.
+    /// The caller's buffer, the swap-buffer bytes, or the accepted connection.
     pub buffer: Buffer<'a>,
 }
 
 impl<'a, C> Completion<'a, C> {
-    /// The bytes transferred: `buffer[..size]`.
+    /// The bytes transferred: `buffer[..size]` (empty for accept, connect,
+    /// shutdown and close).
     pub fn data(&self) -> &[u8] {
         match &self.buffer {
             Buffer::Owned(v) => &v[..self.size],
+            Buffer::Shared(b) => &b[..self.size],
             Buffer::Swap(s) => s,
+            Buffer::Accepted { .. } | Buffer::None => &[],
         }
     }
 
-    /// Takes the caller's buffer back (`None` for swap-buffer reads).
+    /// Takes the caller's buffer back (`None` unless it was a `Vec`).
     pub fn into_vec(self) -> Option<Vec<u8>> {
         match self.buffer {
             Buffer::Owned(v) => Some(v),
-            Buffer::Swap(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The connection an accept produced, and its peer.
+    pub fn accepted(&self) -> Option<(Conn, Option<std::net::SocketAddr>)> {
+        match self.buffer {
+            Buffer::Accepted { conn, peer } => Some((conn, peer)),
+            _ => None,
         }
     }
 
@@ -119,12 +184,12 @@ impl<'a, C> Iterator for Completions<'a, C> {
         let buffer = match d.buf {
             DoneBuf::Owned(v) => Buffer::Owned(v),
             DoneBuf::Swap { off, len } => Buffer::Swap(&self.swap[off..off + len]),
+            DoneBuf::Shared(b) => Buffer::Shared(b),
+            DoneBuf::Accepted { conn, peer } => Buffer::Accepted { conn, peer },
+            DoneBuf::None => Buffer::None,
         };
         Some(Completion {
-            op: match d.dir {
-                Direction::Read => Op::Read,
-                Direction::Write => Op::Write,
-            },
+            op: d.op,
             conn: d.conn,
             ctx: d.ctx,
             size: d.size,
@@ -158,63 +223,101 @@ pub struct Stats {
     pub freed: u64,
     /// System calls the watcher made on its own thread (poll, read, write, close).
     pub syscalls: u64,
+    /// Bytes queued for writing and not sent yet, all connections together.
+    pub queued_write_bytes: usize,
 }
 
-/// Configures a [`Watcher`].
+/// Configures a [`Watcher`]; get one from [`Watcher::builder`], for any context
+/// type.
 ///
 /// ```
 /// use std::time::Duration;
-/// let w: gaio_core::Watcher<()> = gaio_core::Watcher::builder()
+/// struct Session { id: u64 }
+/// let w = gaio_core::Watcher::<Session>::builder()
 ///     .swap_buffer(16 * 1024)
 ///     .busy_poll(Some(Duration::from_micros(50)))
+///     .write_limit(Some(1 << 20))
 ///     .build()?;
+/// # drop(w);
 /// # Ok::<(), gaio_core::Error>(())
 /// ```
-#[derive(Debug, Clone)]
-pub struct Builder {
+pub struct Builder<C> {
     swap: usize,
     events: usize,
     cpu: Option<usize>,
     busy_poll: Option<Duration>,
+    write_limit: Option<usize>,
+    _ctx: PhantomData<fn() -> C>,
 }
 
-impl Default for Builder {
-    fn default() -> Builder {
+impl<C> std::fmt::Debug for Builder<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("swap", &self.swap)
+            .field("events", &self.events)
+            .field("cpu", &self.cpu)
+            .field("busy_poll", &self.busy_poll)
+            .field("write_limit", &self.write_limit)
+            .finish()
+    }
+}
+
+impl<C> Clone for Builder<C> {
+    fn clone(&self) -> Self {
+        Builder { ..*self }
+    }
+}
+
+impl<C> Default for Builder<C> {
+    fn default() -> Builder<C> {
         Builder {
             swap: 64 * 1024,
             events: 1024,
             cpu: None,
             busy_poll: None,
+            write_limit: None,
+            _ctx: PhantomData,
         }
     }
 }
 
-impl Builder {
+impl<C> Builder<C> {
     /// Size of the swap buffer that `None`-buffer reads land in (default 64 KiB).
     /// All swap reads of one batch share it; when it is used up the remaining ones
     /// wait for the next `wait_io`.
-    pub fn swap_buffer(mut self, bytes: usize) -> Builder {
+    pub fn swap_buffer(mut self, bytes: usize) -> Self {
         self.swap = bytes;
         self
     }
 
     /// Most readiness events taken from the poller per poll (default 1024).
-    pub fn events_capacity(mut self, n: usize) -> Builder {
+    pub fn events_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
         self
     }
 
     /// Pins the thread that drives the watcher (the one calling `wait_io`) to this
     /// core, at its first `wait_io`.
-    pub fn cpu(mut self, core: usize) -> Builder {
+    pub fn cpu(mut self, core: usize) -> Self {
         self.cpu = Some(core);
         self
     }
 
     /// Before blocking in the poller, spin on non-blocking polls for up to this
     /// long (e.g. 50 µs): lower latency for a core's worth of CPU. Off by default.
-    pub fn busy_poll(mut self, spin: Option<Duration>) -> Builder {
+    pub fn busy_poll(mut self, spin: Option<Duration>) -> Self {
         self.busy_poll = spin;
+        self
+    }
+
+    /// The most bytes one connection may have queued for writing (not yet sent),
+    /// or `None` for no limit (the default). A write that would go past it is
+    /// refused with [`Error::WriteLimit`] — at once on the watcher's thread, as
+    /// its completion from a `Submitter` — so a peer that stops reading cannot
+    /// grow the server's memory past the limit. A single write larger than the
+    /// limit is always refused.
+    pub fn write_limit(mut self, bytes: Option<usize>) -> Self {
+        self.write_limit = bytes;
         self
     }
 
@@ -224,7 +327,7 @@ impl Builder {
     /// [`Error::InvalidCpu`] when the core set with [`cpu`](Self::cpu) is not one
     /// this thread may run on; [`Error::Io`] when the poller cannot be created or
     /// the swap buffer size is 0.
-    pub fn build<C>(self) -> Result<Watcher<C>> {
+    pub fn build(self) -> Result<Watcher<C>> {
         if self.swap == 0 {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -241,7 +344,12 @@ impl Builder {
         let waker = Waker::new(driver.poller(), WAKE_TOKEN)?;
         let shared = Arc::new(Shared::new(waker));
         Ok(Watcher {
-            eng: RefCell::new(Engine::new(shared.clone(), driver, self.swap)),
+            eng: RefCell::new(Engine::new(
+                shared.clone(),
+                driver,
+                self.swap,
+                self.write_limit,
+            )),
             shared,
             swap: vec![0; self.swap].into_boxed_slice(),
             batch: Vec::new(),
@@ -303,16 +411,13 @@ pub struct Watcher<C> {
     closed: bool,
 }
 
-impl Watcher<()> {
-    /// A [`Builder`] for custom settings; the context type is chosen by
-    /// [`Builder::build`] (`Watcher::builder().build::<MyCtx>()`, or from the type
-    /// the result is bound to).
-    pub fn builder() -> Builder {
+impl<C> Watcher<C> {
+    /// A [`Builder`] for custom settings: `Watcher::<MyCtx>::builder()`, or
+    /// `Watcher::builder()` where the result's type says the context.
+    pub fn builder() -> Builder<C> {
         Builder::default()
     }
-}
 
-impl<C> Watcher<C> {
     /// A watcher with default settings (64 KiB swap buffer, no pinning).
     ///
     /// # Errors
@@ -462,6 +567,7 @@ impl<C> Watcher<C> {
             }
             eng.run_dirty(swap);
             eng.expire(swap);
+            eng.retry_backoff(swap);
             if std::mem::take(&mut eng.woken) && eng.done.is_empty() {
                 break;
             }
@@ -487,10 +593,13 @@ impl<C> Watcher<C> {
             self.skipped_poll = false;
             eng.tick();
             eng.expire(swap);
+            eng.retry_backoff(swap);
             if !eng.done.is_empty() || until.is_some_and(|u| eng.now() >= u) {
                 break;
             }
         }
+        // Accepted connections are live before the batch announces them.
+        eng.install_accepted();
         std::mem::swap(&mut self.batch, &mut eng.done);
         eng.swap_handed_out();
         self.trims.done.after(&mut eng.done, self.batch_used);

@@ -11,7 +11,7 @@ use util::*;
 #[test]
 fn missing_cpu_is_invalid_cpu() {
     let _serial = serial();
-    let err = Watcher::builder().cpu(100_000).build::<()>().unwrap_err();
+    let err = Watcher::<()>::builder().cpu(100_000).build().unwrap_err();
     assert!(matches!(err, Error::InvalidCpu(100_000)), "{err:?}");
 }
 
@@ -32,7 +32,7 @@ fn watcher_pins_the_thread_that_drives_it() {
 fn zero_swap_buffer_is_refused() {
     let _serial = serial();
     assert!(matches!(
-        Watcher::builder().swap_buffer(0).build::<()>(),
+        Watcher::<()>::builder().swap_buffer(0).build(),
         Err(Error::Io(_))
     ));
 }
@@ -70,7 +70,7 @@ fn stats_track_conns_requests_and_syscalls() {
     let conn = w.register(s).unwrap();
     tx.read(conn, (), None).unwrap();
     tx.read(conn, (), None).unwrap();
-    tx.read_timeout(
+    tx.read_deadline(
         conn,
         (),
         None,

@@ -14,7 +14,7 @@ fn read_on_silent_peer_completes_with_deadline_not_before() {
     let _serial = serial();
     let (_c, mut w, tx, conn) = watched::<()>();
     let deadline = Instant::now() + Duration::from_millis(50);
-    tx.read_timeout(conn, (), None, deadline).unwrap();
+    tx.read_deadline(conn, (), None, deadline).unwrap();
     let d = one(&mut w);
     assert!(Instant::now() >= deadline, "completed before its deadline");
     assert!(matches!(d.result, Err(Error::Deadline)), "{:?}", d.result);
@@ -27,8 +27,8 @@ fn past_deadline_completes_on_next_wait_io() {
     let _serial = serial();
     let (_c, mut w, tx, conn) = watched::<()>();
     let past = Instant::now() - Duration::from_secs(1);
-    tx.read_timeout(conn, (), Some(vec![0; 8]), past).unwrap();
-    tx.write_timeout(conn, (), vec![1; 8], past).unwrap();
+    tx.read_deadline(conn, (), Some(vec![0; 8]), past).unwrap();
+    tx.write_deadline(conn, (), vec![1; 8], past).unwrap();
     let got: Vec<_> = w
         .wait_io_timeout(Duration::from_secs(5))
         .unwrap()
@@ -56,11 +56,11 @@ fn deadline_reports_partial_read_full_count() {
 }
 
 #[test]
-fn write_timeout_fires_when_peer_never_reads() {
+fn write_deadline_fires_when_peer_never_reads() {
     let _serial = serial();
     let (_c, mut w, tx, conn) = watched::<()>();
     let big = vec![9u8; 64 << 20];
-    tx.write_timeout(conn, (), big, Instant::now() + Duration::from_millis(100))
+    tx.write_deadline(conn, (), big, Instant::now() + Duration::from_millis(100))
         .unwrap();
     let d = one(&mut w);
     assert!(matches!(d.result, Err(Error::Deadline)), "{:?}", d.result);
@@ -73,7 +73,7 @@ fn deadline_of_queued_request_completes_it_ahead_of_the_head() {
     let _serial = serial();
     let (mut c, mut w, tx, conn) = watched::<u8>();
     tx.read(conn, 1, None).unwrap();
-    tx.read_timeout(conn, 2, None, Instant::now() + Duration::from_millis(30))
+    tx.read_deadline(conn, 2, None, Instant::now() + Duration::from_millis(30))
         .unwrap();
     tx.read(conn, 3, None).unwrap();
     let d = one(&mut w);
@@ -93,7 +93,7 @@ fn finished_requests_disarm_their_timers() {
     let _serial = serial();
     let (mut c, mut w, tx, conn) = watched::<()>();
     for _ in 0..100 {
-        tx.read_timeout(conn, (), None, Instant::now() + Duration::from_secs(30))
+        tx.read_deadline(conn, (), None, Instant::now() + Duration::from_secs(30))
             .unwrap();
         c.write_all(b"z").unwrap();
         assert!(one(&mut w).result.is_ok());
@@ -122,7 +122,7 @@ fn deadlines_on_1k_to_8k_conns() {
             // Spread deadlines over 50..150 ms, in scrambled order.
             let at = start + Duration::from_millis(50 + (i * 37 % 100) as u64);
             deadlines.push(at);
-            tx.read_timeout(conn, i, None, at).unwrap();
+            tx.read_deadline(conn, i, None, at).unwrap();
         }
         let done = collect(&mut w, n);
         let now = Instant::now();

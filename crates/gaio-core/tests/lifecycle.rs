@@ -174,7 +174,7 @@ fn drop_with_requests_in_flight_closes_every_fd() {
             2 if i % 100 == 2 => tx.write(conn, i, vec![0; 8 << 20]).unwrap(),
             2 => tx.write(conn, i, vec![0; 4096]).unwrap(),
             _ => tx
-                .read_timeout(
+                .read_deadline(
                     conn,
                     i,
                     Some(vec![0; 8]),

@@ -580,7 +580,7 @@ fn random_operation_sequences_keep_every_promise() {
 /// The request methods both submission handles have.
 trait Requests {
     fn read(&self, c: Conn, id: u64, b: Option<Vec<u8>>) -> gaio_core::Result<()>;
-    fn read_timeout(
+    fn read_deadline(
         &self,
         c: Conn,
         id: u64,
@@ -589,21 +589,21 @@ trait Requests {
     ) -> gaio_core::Result<()>;
     fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()>;
     fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()>;
-    fn write_timeout(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()>;
+    fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()>;
 }
 
 impl Requests for gaio_core::Submitter<u64> {
     fn read(&self, c: Conn, id: u64, b: Option<Vec<u8>>) -> gaio_core::Result<()> {
         self.read(c, id, b)
     }
-    fn read_timeout(
+    fn read_deadline(
         &self,
         c: Conn,
         id: u64,
         b: Option<Vec<u8>>,
         d: Instant,
     ) -> gaio_core::Result<()> {
-        self.read_timeout(c, id, b, d)
+        self.read_deadline(c, id, b, d)
     }
     fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()> {
         self.read_full(c, id, b, d)
@@ -611,8 +611,8 @@ impl Requests for gaio_core::Submitter<u64> {
     fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()> {
         self.write(c, id, b)
     }
-    fn write_timeout(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
-        self.write_timeout(c, id, b, d)
+    fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
+        self.write_deadline(c, id, b, d)
     }
 }
 
@@ -620,14 +620,14 @@ impl Requests for gaio_core::Local<'_, u64> {
     fn read(&self, c: Conn, id: u64, b: Option<Vec<u8>>) -> gaio_core::Result<()> {
         gaio_core::Local::read(self, c, id, b)
     }
-    fn read_timeout(
+    fn read_deadline(
         &self,
         c: Conn,
         id: u64,
         b: Option<Vec<u8>>,
         d: Instant,
     ) -> gaio_core::Result<()> {
-        gaio_core::Local::read_timeout(self, c, id, b, d)
+        gaio_core::Local::read_deadline(self, c, id, b, d)
     }
     fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()> {
         gaio_core::Local::read_full(self, c, id, b, d)
@@ -635,8 +635,8 @@ impl Requests for gaio_core::Local<'_, u64> {
     fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()> {
         gaio_core::Local::write(self, c, id, b)
     }
-    fn write_timeout(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
-        gaio_core::Local::write_timeout(self, c, id, b, d)
+    fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
+        gaio_core::Local::write_deadline(self, c, id, b, d)
     }
 }
 
@@ -650,9 +650,9 @@ fn request(
 ) -> gaio_core::Result<()> {
     match (kind, deadline) {
         (Kind::Read, None) => via.read(conn, id, buf),
-        (Kind::Read, Some(d)) => via.read_timeout(conn, id, buf, d),
+        (Kind::Read, Some(d)) => via.read_deadline(conn, id, buf, d),
         (Kind::ReadFull(_), d) => via.read_full(conn, id, buf.unwrap(), d),
         (Kind::Write, None) => via.write(conn, id, buf.unwrap()),
-        (Kind::Write, Some(d)) => via.write_timeout(conn, id, buf.unwrap(), d),
+        (Kind::Write, Some(d)) => via.write_deadline(conn, id, buf.unwrap(), d),
     }
 }

@@ -21,7 +21,7 @@ fn empty_buffers_are_refused_at_once() {
         Err(Error::EmptyBuffer)
     ));
     assert!(matches!(
-        tx.write_timeout(conn, (), Vec::new(), Instant::now()),
+        tx.write_deadline(conn, (), Vec::new(), Instant::now()),
         Err(Error::EmptyBuffer)
     ));
     assert!(matches!(

@@ -119,6 +119,7 @@ fn echo_steady_state_allocates_nothing() {
                     trips += res.size / 128;
                     io.read(res.conn, 0, None).unwrap();
                 }
+                other => panic!("unexpected {other:?}"),
             }
         }
     }
@@ -164,7 +165,7 @@ fn idle_connection_with_pending_swap_read_costs_at_most_128_bytes() {
 
 /// A peer that never reads while we write 64 MiB: the write stays pending, the
 /// watcher's memory does not grow with it (the bytes stay in the caller's buffer),
-/// and write_timeout fires.
+/// and write_deadline fires.
 #[test]
 fn pending_64mib_write_to_a_peer_that_never_reads_costs_no_memory() {
     let _serial = serial();
@@ -177,7 +178,7 @@ fn pending_64mib_write_to_a_peer_that_never_reads_costs_no_memory() {
     count_here(true);
     let before = LIVE.load(Ordering::Relaxed);
     let deadline = std::time::Instant::now() + Duration::from_millis(300);
-    tx.write_timeout(conn, (), big, deadline).unwrap();
+    tx.write_deadline(conn, (), big, deadline).unwrap();
     let mut grew = 0;
     let mut result = None;
     while result.is_none() {
@@ -188,7 +189,7 @@ fn pending_64mib_write_to_a_peer_that_never_reads_costs_no_memory() {
     }
     count_here(false);
     let (r, size) = result.unwrap();
-    assert_eq!(r, Err(true), "write_timeout fired");
+    assert_eq!(r, Err(true), "write_deadline fired");
     assert!(size > 0 && size < 64 << 20);
     assert!(
         grew < 64 * 1024,

@@ -49,6 +49,7 @@ fn echo_8k_conns_1kib_through_2_watchers() {
                     reads += 1;
                     sub.free(res.conn).unwrap();
                 }
+                other => panic!("unexpected {other:?}"),
             }
         }
     }

@@ -388,3 +388,153 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
         _ => Ok(FdKind::Unsupported),
     }
 }
+
+/// Shuts down the write side of a connected socket (`shutdown(SHUT_WR)`): the
+/// peer reads EOF once it has read everything sent before; reading goes on.
+///
+/// # Errors
+/// `ENOTCONN` when not connected; `ENOTSOCK` for a pipe.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR))?;
+    Ok(())
+}
+
+/// Takes the socket's pending error (`SO_ERROR`), which is how a nonblocking
+/// `connect` reports its outcome once the socket is writable: `Ok(None)` means
+/// connected.
+///
+/// # Errors
+/// Whatever `getsockopt` reports (e.g. `ENOTSOCK`).
+pub fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_ERROR,
+        (&mut err as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// A new nonblocking, close-on-exec stream socket of `family`, without
+/// `SIGPIPE` on macOS.
+fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    #[cfg(not(target_vendor = "apple"))]
+    let fd = syscall!(socket(
+        family,
+        libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    #[cfg(target_vendor = "apple")]
+    let fd = syscall!(socket(family, libc::SOCK_STREAM, 0))?;
+    // SAFETY: socket just returned this fd and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[cfg(target_vendor = "apple")]
+    {
+        use std::os::fd::AsFd;
+        set_cloexec(fd.as_fd())?;
+        set_nonblocking(fd.as_fd(), true)?;
+    }
+    Ok(fd)
+}
+
+/// Starts a nonblocking connect of `fd` to the socket address `addr` of `len`
+/// bytes. `EINPROGRESS` (the usual answer) is success: the socket becomes
+/// writable when the connect finishes, and [`take_error`] then tells how.
+fn start_connect(
+    fd: &OwnedFd,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> io::Result<()> {
+    match syscall!(connect(fd.as_raw_fd(), addr, len)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+        // Interrupted: the connect goes on in the background (POSIX), and asking
+        // again would say EALREADY.
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A nonblocking TCP connect to `addr`: returns the socket at once, connected or
+/// connecting. Wait until it is writable, then ask [`take_error`].
+///
+/// # Errors
+/// Errors `socket` or `connect` report at once (`ENETUNREACH`, `EMFILE`, …).
+pub fn connect_tcp(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    // SAFETY: sockaddr_storage is plain data; all-zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            let sin = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+            };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from(*a.ip()).to_be(),
+            };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_flowinfo = a.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: a.ip().octets(),
+            };
+            sin6.sin6_scope_id = a.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let fd = stream_socket(family)?;
+    start_connect(
+        &fd,
+        (&storage as *const libc::sockaddr_storage).cast(),
+        len as libc::socklen_t,
+    )?;
+    Ok(fd)
+}
+
+/// A nonblocking connect to the Unix stream socket at `path`, as
+/// [`connect_tcp`].
+///
+/// # Errors
+/// `InvalidInput` for a path longer than `sun_path` holds; errors `socket` or
+/// `connect` report at once (`ENOENT`, `ECONNREFUSED`, …).
+pub fn connect_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: sockaddr_un is plain data; all-zeroes is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= sun.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "unix socket path too long or has a NUL byte",
+        ));
+    }
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    let fd = stream_socket(libc::AF_UNIX)?;
+    start_connect(
+        &fd,
+        (&sun as *const libc::sockaddr_un).cast(),
+        len as libc::socklen_t,
+    )?;
+    Ok(fd)
+}

@@ -123,7 +123,8 @@ mod io;
 
 pub use affinity::{current_thread_affinity, pin_current_thread};
 pub use io::{
-    AcceptError, FdKind, accept, fd_kind, read, send, sendv, set_nonblocking, write, writev,
+    AcceptError, FdKind, accept, connect_tcp, connect_unix, fd_kind, read, send, sendv,
+    set_nonblocking, shutdown_write, take_error, write, writev,
 };
 
 /// The most buffers one [`writev`]/[`sendv`] call passes to the kernel. POSIX

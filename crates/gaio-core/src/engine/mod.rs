@@ -14,18 +14,19 @@ mod table;
 mod timer;
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use gaio_sys::{FdKind, IOV_MAX};
+use gaio_sys::{AcceptError, FdKind, IOV_MAX};
 
 use crate::conn::Token;
 use crate::driver::Driver;
 use crate::driver::poll::Ready;
 use crate::queue::{Cmd, Shared};
-use crate::req::{Direction, NO_TIMER, Req, Step};
-use crate::{Conn, Error, Result, Stats};
+use crate::req::{Buf, Direction, Kind, NO_TIMER, Req, Step};
+use crate::{Conn, Error, Op, Result, Stats};
 
 use table::ConnState;
 pub(crate) use table::Table;
@@ -35,17 +36,51 @@ use timer::Timers;
 /// value on every unix, so gaio-core needs no libc for it.
 const EPERM: i32 = 1;
 
-/// Where a completion's bytes are.
+/// What a completion hands back.
 #[derive(Debug)]
 pub(crate) enum DoneBuf {
+    None,
     Owned(Vec<u8>),
-    Swap { off: usize, len: usize },
+    Shared(Arc<[u8]>),
+    Swap {
+        off: usize,
+        len: usize,
+    },
+    Accepted {
+        conn: Conn,
+        peer: Option<SocketAddr>,
+    },
+}
+
+/// What `finish` adds to a request's own buffer.
+#[derive(Debug)]
+pub(crate) enum Extra {
+    None,
+    /// A swap-buffer read landed at this offset.
+    Swap(usize),
+    /// An accept produced this connection.
+    Accepted(Conn, Option<SocketAddr>),
+}
+
+/// First and longest pause before accepting again after running out of fds
+/// (the listener is edge-triggered: the queued connections raise no new event).
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A listener that ran out of fds, and when to try it again.
+#[derive(Debug)]
+struct Backoff {
+    slot: u32,
+    generation: u32,
+    /// `None` once retried: the entry stays so the next failure doubles `step`.
+    at: Option<Instant>,
+    step: Duration,
 }
 
 /// A finished request, until the batch hands it out.
 #[derive(Debug)]
 pub(crate) struct Done<C> {
-    pub dir: Direction,
+    pub op: Op,
     pub conn: Conn,
     pub ctx: C,
     pub size: usize,
@@ -92,6 +127,12 @@ pub(crate) struct Core<C> {
     now: Option<Instant>,
     /// The watcher was closed: every request is refused.
     pub closed: bool,
+    /// Bytes a connection may have queued for writing (`usize::MAX`: no limit).
+    write_limit: usize,
+    /// Connections accepted this turn, installed before the batch is handed out.
+    accepted: Vec<(Conn, OwnedFd)>,
+    /// Listeners waiting out fd exhaustion.
+    backoff: Vec<Backoff>,
 }
 
 impl<C> std::ops::Deref for Engine<C> {
@@ -108,7 +149,12 @@ impl<C> std::ops::DerefMut for Engine<C> {
 }
 
 impl<C> Engine<C> {
-    pub fn new(shared: Arc<Shared<C>>, driver: Driver, swap_len: usize) -> Engine<C> {
+    pub fn new(
+        shared: Arc<Shared<C>>,
+        driver: Driver,
+        swap_len: usize,
+        write_limit: Option<usize>,
+    ) -> Engine<C> {
         Engine {
             table: Table::new(),
             core: Core {
@@ -128,12 +174,22 @@ impl<C> Engine<C> {
                 woken: false,
                 now: None,
                 closed: false,
+                write_limit: write_limit.unwrap_or(usize::MAX),
+                accepted: Vec::new(),
+                backoff: Vec::new(),
             },
         }
     }
 
-    /// Takes an fd over under `conn` (a slot from `Shared::open`).
-    pub fn install(&mut self, conn: Conn, fd: OwnedFd, kind: FdKind) -> Result<()> {
+    /// Takes an fd over under `conn` (a slot from `Shared::open`); `connecting`:
+    /// a nonblocking connect is under way.
+    pub fn install(
+        &mut self,
+        conn: Conn,
+        fd: OwnedFd,
+        kind: FdKind,
+        connecting: bool,
+    ) -> Result<()> {
         let Engine { table, core } = self;
         if let Err(e) = core.driver.register(fd.as_fd(), Token::of(conn)) {
             tracing::debug!(slot = conn.slot, error = %e, "gaio register refused by the poller");
@@ -154,9 +210,12 @@ impl<C> Engine<C> {
             ?kind,
             "gaio register"
         );
-        table
-            .get_or_grow(conn.slot)
-            .install(fd, conn.generation, kind == FdKind::Socket);
+        table.get_or_grow(conn.slot).install(
+            fd,
+            conn.generation,
+            kind == FdKind::Socket,
+            connecting,
+        );
         core.stats.conns += 1;
         Ok(())
     }
@@ -168,11 +227,14 @@ impl<C> Engine<C> {
                 conn,
                 req,
                 deadline,
-            } => self.submit(conn, req, deadline),
+            } => {
+                // From another thread: a refusal can only be its completion.
+                let _ = self.submit(conn, req, deadline, false);
+            }
             Cmd::Free(conn) => self.free(conn),
             Cmd::Wake => self.woken = true,
-            Cmd::Register(conn, fd, kind) => {
-                if let Err(e) = self.install(conn, fd, kind) {
+            Cmd::Register(conn, fd, kind, connecting) => {
+                if let Err(e) = self.install(conn, fd, kind, connecting) {
                     tracing::error!(slot = conn.slot, error = %e, "gaio: could not watch a registered fd; it was closed");
                 }
             }
@@ -190,39 +252,112 @@ impl<C> Engine<C> {
     }
 
     /// Accepts a request: queues it on its connection, or completes it at once
-    /// (`ConnClosed` for a stale or closing `Conn`, `Deadline` for a deadline
+    /// (`ConnClosed` for a stale or freed `Conn`, `Deadline` for a deadline
     /// already past). Nothing moves until the connection's next `progress`.
+    /// A write past the write limit is refused (`Err`, nothing completes) when
+    /// `refuse`, else completes with `WriteLimit`.
     #[inline]
-    pub fn submit(&mut self, conn: Conn, mut req: Req<C>, deadline: Option<Instant>) {
+    pub fn submit(
+        &mut self,
+        conn: Conn,
+        mut req: Req<C>,
+        deadline: Option<Instant>,
+        refuse: bool,
+    ) -> Result<()> {
         let Engine { table, core } = self;
-        let dir = req.kind().direction();
-        match dir {
-            Direction::Read => core.stats.pending_reads += 1,
-            Direction::Write => core.stats.pending_writes += 1,
-        }
+        let kind = req.kind();
+        let dir = kind.direction();
         let live = table
             .live_mut(conn.slot, conn.generation)
             .filter(|_| conn.watcher == core.id);
+        let len = req.buf.len();
+        if let Some(c) = &live {
+            if kind == Kind::Write && c.queued + len > core.write_limit && !c.closing && !c.draining
+            {
+                if refuse {
+                    return Err(Error::WriteLimit);
+                }
+                core.pending(dir, 1);
+                core.finish(conn, req, 0, Err(Error::WriteLimit), Extra::None);
+                return Ok(());
+            }
+        }
+        core.pending(dir, 1);
         let Some(c) = live else {
-            core.finish(conn, dir, req, 0, Err(Error::ConnClosed), 0);
-            return;
+            core.finish(conn, req, 0, Err(Error::ConnClosed), Extra::None);
+            return Ok(());
         };
-        if c.closing {
-            // Freed, not closed yet: it completes with ConnClosed when the
-            // connection closes, after the requests made before the free.
+        if c.closing || c.draining {
+            // Freed or closing, not closed yet: it completes with ConnClosed when
+            // the connection closes, after the requests made before.
             req.doom();
             c.push(dir, req);
-            return;
+            return Ok(());
         }
         if let Some(at) = deadline {
             if at <= core.now() {
-                core.finish(conn, dir, req, 0, Err(Error::Deadline), 0);
-                return;
+                core.finish(conn, req, 0, Err(Error::Deadline), Extra::None);
+                return Ok(());
             }
             req.set_timer(core.timers.insert(at, conn.slot, conn.generation, dir));
         }
+        match kind {
+            Kind::Write => {
+                c.queued += len;
+                core.stats.queued_write_bytes += len;
+            }
+            Kind::Close => {
+                // Reads end now; writes before the close still go out.
+                c.draining = true;
+                while let Some(r) = c.queue(Direction::Read).pop() {
+                    let done = r.done();
+                    core.finish(conn, r, done, Err(Error::ConnClosed), Extra::None);
+                }
+            }
+            _ => {}
+        }
         c.push(dir, req);
         core.mark_dirty(c, conn.slot);
+        Ok(())
+    }
+
+    /// Installs the connections accepted this turn, so they are live before the
+    /// batch that announces them is handed out.
+    pub fn install_accepted(&mut self) {
+        while let Some((conn, fd)) = self.accepted.pop() {
+            if let Err(e) = self.install(conn, fd, FdKind::Socket, false) {
+                tracing::warn!(slot = conn.slot, error = %e, "gaio: could not watch an accepted connection; it was closed");
+            }
+        }
+    }
+
+    /// Tries again the listeners whose fd-exhaustion pause is over.
+    pub fn retry_backoff(&mut self, swap: &mut [u8]) {
+        let Engine { table, core } = self;
+        if core.backoff.is_empty() {
+            return;
+        }
+        let now = core.now();
+        for i in 0..core.backoff.len() {
+            let b = &mut core.backoff[i];
+            if b.at.is_none_or(|at| at > now) {
+                continue;
+            }
+            b.at = None;
+            let (slot, generation) = (b.slot, b.generation);
+            if let Some(c) = table.live_mut(slot, generation) {
+                c.ready.add(true, false, false);
+                core.progress(c, slot, swap);
+            }
+        }
+        // Listeners gone, or accepting again, need no entry.
+        core.backoff.retain(|b| {
+            b.at.is_some()
+                || table.live_mut(b.slot, b.generation).is_some_and(|c| {
+                    c.head(Direction::Read)
+                        .is_some_and(|r| r.kind() == Kind::Accept)
+                })
+        });
     }
 
     /// Marks `conn` for closing at the next turn, after the requests already
@@ -323,9 +458,19 @@ impl<C> Engine<C> {
             req.set_timer(NO_TIMER); // already out of the heap
             let conn = core.conn(t.slot, t.generation);
             let done = req.done();
+            let kind = req.kind();
+            if kind == Kind::Write {
+                let unsent = req.unsent().len();
+                c.queued -= unsent;
+                core.stats.queued_write_bytes -= unsent;
+            }
             tracing::trace!(slot = t.slot, dir = ?t.dir, done, "gaio deadline");
-            core.finish(conn, t.dir, req, done, Err(Error::Deadline), 0);
-            if was_head {
+            core.finish(conn, req, done, Err(Error::Deadline), Extra::None);
+            if matches!(kind, Kind::Connect | Kind::Close) {
+                // A connect that never finished, or a close whose writes never
+                // drained: the connection goes now.
+                core.close(c, t.slot);
+            } else if was_head {
                 // The next request in line may be able to proceed now.
                 core.progress(c, t.slot, swap);
             }
@@ -365,6 +510,9 @@ impl<C> Engine<C> {
         core.stats.conns = 0;
         core.stats.pending_reads = 0;
         core.stats.pending_writes = 0;
+        core.stats.queued_write_bytes = 0;
+        core.accepted.clear();
+        core.backoff.clear();
     }
 }
 
@@ -387,8 +535,22 @@ impl<C> Core<C> {
         self.now = None;
     }
 
+    /// The earliest deadline or accept retry.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.next()
+        let retry = self.backoff.iter().filter_map(|b| b.at).min();
+        match (self.timers.next(), retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    #[inline]
+    fn pending(&mut self, dir: Direction, n: isize) {
+        let p = match dir {
+            Direction::Read => &mut self.stats.pending_reads,
+            Direction::Write => &mut self.stats.pending_writes,
+        };
+        *p = p.wrapping_add_signed(n);
     }
 
     /// Whether another thread queued something not applied yet.
@@ -425,7 +587,7 @@ impl<C> Core<C> {
     /// readable. Returns whether to try again (false: nothing to read into, not
     /// readable, or waiting for swap-buffer room).
     fn read_once(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut [u8]) -> bool {
-        if !c.ready.is_ready(Direction::Read) {
+        if !c.ready.is_ready(Direction::Read) || c.connecting {
             return false;
         }
         let generation = c.generation;
@@ -436,11 +598,12 @@ impl<C> Core<C> {
         if req.is_doomed() {
             return false;
         }
+        if req.kind() == Kind::Accept {
+            return self.accept_once(c, slot);
+        }
         let swap_off = self.swap_used;
-        let done = req.done();
-        let (res, want) = match req.buf.as_mut() {
-            Some(b) => {
-                let target = &mut b[done..];
+        let (res, want) = match req.read_target() {
+            Some(target) => {
                 let want = target.len();
                 (self.driver.read(p.fd.as_fd(), target), want)
             }
@@ -456,12 +619,13 @@ impl<C> Core<C> {
                 (self.driver.read(p.fd.as_fd(), &mut swap[swap_off..]), room)
             }
         };
+        let swap_read = matches!(req.buf, Buf::None);
         let (size, result) = match res {
             Ok(n) => {
                 if n > 0 && n < want {
                     p.ready.short(Direction::Read);
                 }
-                if req.buf.is_none() {
+                if swap_read {
                     self.swap_used += n;
                 }
                 match req.after_read(n, want) {
@@ -477,13 +641,78 @@ impl<C> Core<C> {
         };
         let req = c.queue(Direction::Read).pop().expect("read head present");
         let conn = self.conn(slot, generation);
-        self.finish(conn, Direction::Read, req, size, result, swap_off);
+        let extra = if swap_read {
+            Extra::Swap(swap_off)
+        } else {
+            Extra::None
+        };
+        self.finish(conn, req, size, result, extra);
         true
     }
 
-    /// One write — the head's unsent bytes, coalesced with the writes queued
-    /// behind it into one `writev` (up to `IOV_MAX`) — if there is one and the fd
-    /// is writable. Returns whether to try again.
+    /// One `accept` for the head accept request of a listener.
+    #[cold]
+    fn accept_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
+        let Some(fd) = c.fd.as_ref() else {
+            return false;
+        };
+        let listener = self.conn(slot, c.generation);
+        self.driver.syscalls += 1;
+        let (result, extra) = match gaio_sys::accept(fd.as_fd()) {
+            Ok((fd, peer)) => {
+                self.backoff.retain(|b| b.slot != slot);
+                match self.shared.slots.alloc() {
+                    Some(conn) => {
+                        self.shared.counts.opened();
+                        self.accepted.push((conn, fd));
+                        (Ok(()), Extra::Accepted(conn, peer))
+                    }
+                    None => (
+                        Err(Error::Io(io::Error::other("too many connections"))),
+                        Extra::None,
+                    ),
+                }
+            }
+            Err(e) => match AcceptError::of(&e) {
+                AcceptError::WouldBlock => {
+                    c.ready.clear(Direction::Read);
+                    return false;
+                }
+                AcceptError::Transient => return true,
+                AcceptError::Exhausted => {
+                    // Pause, doubling, then try again: no event will come.
+                    c.ready.clear(Direction::Read);
+                    let now = self.now();
+                    let generation = c.generation;
+                    match self.backoff.iter_mut().find(|b| b.slot == slot) {
+                        Some(b) => {
+                            b.step = (b.step * 2).min(BACKOFF_MAX);
+                            b.at = Some(now + b.step);
+                        }
+                        None => {
+                            tracing::warn!(slot, error = %e, "gaio: accept failed, backing off");
+                            self.backoff.push(Backoff {
+                                slot,
+                                generation,
+                                at: Some(now + BACKOFF_MIN),
+                                step: BACKOFF_MIN,
+                            });
+                        }
+                    }
+                    return false;
+                }
+                AcceptError::Fatal => (Err(Error::Io(e)), Extra::None),
+            },
+        };
+        let req = c.queue(Direction::Read).pop().expect("accept head present");
+        self.finish(listener, req, 0, result, extra);
+        true
+    }
+
+    /// One step for the head of the write queue, if there is one and the fd is
+    /// writable: a write (coalesced with the writes queued behind it into one
+    /// `writev`, up to `IOV_MAX`), or a connect, shutdown or close waiting there
+    /// behind earlier writes. Returns whether to try again.
     fn write_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
         if !c.ready.is_ready(Direction::Write) {
             return false;
@@ -494,8 +723,12 @@ impl<C> Core<C> {
         if head.is_doomed() {
             return false;
         }
+        if head.kind() != Kind::Write {
+            return self.control_once(c, slot);
+        }
         let first = IoSlice::new(head.unsent());
-        let res = match c.queued_writes().filter(|q| !q[0].is_doomed()) {
+        let coalesce = |r: &Req<C>| r.kind() == Kind::Write && !r.is_doomed();
+        let res = match c.queued_writes().filter(|q| coalesce(&q[0])) {
             // The common case, one write: no iovec array to fill.
             None => self
                 .driver
@@ -506,11 +739,7 @@ impl<C> Core<C> {
                 iov[0] = first;
                 let mut want = first.len();
                 let mut n = 1;
-                for r in queued
-                    .iter()
-                    .take_while(|r| !r.is_doomed())
-                    .take(IOV_MAX - 1)
-                {
+                for r in queued.iter().take_while(|r| coalesce(r)).take(IOV_MAX - 1) {
                     iov[n] = IoSlice::new(r.unsent());
                     want += iov[n].len();
                     n += 1;
@@ -526,6 +755,8 @@ impl<C> Core<C> {
                 if written < want {
                     c.ready.short(Direction::Write);
                 }
+                c.queued -= written;
+                self.stats.queued_write_bytes -= written;
                 let mut q = c.queue(Direction::Write);
                 while written > 0 {
                     let head = q.head.as_mut().expect("bytes written belong to a request");
@@ -538,7 +769,7 @@ impl<C> Core<C> {
                     head.advance(left);
                     let req = q.pop().expect("write head present");
                     let size = req.done();
-                    self.finish(conn, Direction::Write, req, size, Ok(()), 0);
+                    self.finish(conn, req, size, Ok(()), Extra::None);
                 }
                 true
             }
@@ -548,11 +779,53 @@ impl<C> Core<C> {
             }
             Err(e) => {
                 let req = c.queue(Direction::Write).pop().expect("write head present");
+                let unsent = req.unsent().len();
+                c.queued -= unsent;
+                self.stats.queued_write_bytes -= unsent;
                 let size = req.done();
-                self.finish(conn, Direction::Write, req, size, Err(Error::Io(e)), 0);
+                self.finish(conn, req, size, Err(Error::Io(e)), Extra::None);
                 true
             }
         }
+    }
+
+    /// A connect, shutdown or close at the head of the write queue: every write
+    /// before it is out.
+    #[cold]
+    fn control_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
+        let (Some(fd), Some(kind)) = (c.fd.as_ref(), c.head(Direction::Write).map(Req::kind))
+        else {
+            return false;
+        };
+        let conn = self.conn(slot, c.generation);
+        self.driver.syscalls += 1;
+        let result = match kind {
+            Kind::Connect => match gaio_sys::take_error(fd.as_fd()) {
+                Ok(None) => {
+                    c.connecting = false;
+                    Ok(())
+                }
+                Ok(Some(e)) | Err(e) => Err(Error::Io(e)),
+            },
+            Kind::Shutdown => gaio_sys::shutdown_write(fd.as_fd()).map_err(Error::Io),
+            _ => Ok(()), // Close
+        };
+        let failed = result.is_err();
+        let req = c
+            .queue(Direction::Write)
+            .pop()
+            .expect("control head present");
+        self.finish(conn, req, 0, result, Extra::None);
+        if kind == Kind::Close || (kind == Kind::Connect && failed) {
+            // Closed as asked, or never connected: nothing else can succeed.
+            self.close(c, slot);
+            return false;
+        }
+        if kind == Kind::Connect {
+            // Reads waited for the connect; the socket may be readable already.
+            c.ready.add(true, false, false);
+        }
+        true
     }
 
     /// Closes the connection in `c` now: its fd, then every pending request with
@@ -570,9 +843,10 @@ impl<C> Core<C> {
             while let Some(req) = c.queue(dir).pop() {
                 pending[i] += 1;
                 let done = req.done();
-                self.finish(conn, dir, req, done, Err(Error::ConnClosed), 0);
+                self.finish(conn, req, done, Err(Error::ConnClosed), Extra::None);
             }
         }
+        self.stats.queued_write_bytes -= c.queued;
         c.retire(self.shared.slots.release(conn));
         self.stats.conns -= 1;
         self.stats.freed += 1;
@@ -598,32 +872,41 @@ impl<C> Core<C> {
     pub fn finish(
         &mut self,
         conn: Conn,
-        dir: Direction,
         req: Req<C>,
         size: usize,
         result: Result<()>,
-        swap_off: usize,
+        extra: Extra,
     ) {
         if req.timer() != NO_TIMER {
             self.timers.remove(req.timer());
         }
         if let Err(e) = &result {
-            trace_failure(conn, dir, size, e);
+            trace_failure(conn, size, e);
         }
-        match dir {
-            Direction::Read => self.stats.pending_reads -= 1,
-            Direction::Write => self.stats.pending_writes -= 1,
-        }
+        let kind = req.kind();
+        self.pending(kind.direction(), -1);
         self.stats.completions += 1;
-        let buf = match req.buf {
-            Some(v) => DoneBuf::Owned(v),
-            None => DoneBuf::Swap {
-                off: swap_off,
+        let buf = match (req.buf, extra) {
+            (Buf::Owned(v), _) => DoneBuf::Owned(v),
+            (Buf::Shared(b), _) => DoneBuf::Shared(b),
+            (Buf::None, Extra::Swap(off)) => DoneBuf::Swap {
+                off,
                 len: if result.is_ok() { size } else { 0 },
             },
+            (Buf::None, Extra::Accepted(conn, peer)) => DoneBuf::Accepted { conn, peer },
+            (Buf::None, Extra::None) if kind == Kind::Read => DoneBuf::Swap { off: 0, len: 0 },
+            (Buf::None, Extra::None) => DoneBuf::None,
+        };
+        let op = match kind {
+            Kind::Read | Kind::ReadFull => Op::Read,
+            Kind::Write => Op::Write,
+            Kind::Accept => Op::Accept,
+            Kind::Connect => Op::Connect,
+            Kind::Shutdown => Op::Shutdown,
+            Kind::Close => Op::Close,
         };
         self.done.push(Done {
-            dir,
+            op,
             conn,
             ctx: req.ctx,
             size,
@@ -642,8 +925,8 @@ impl<C> Core<C> {
 
 /// Out of line: a request that failed is not the hot path.
 #[cold]
-fn trace_failure(conn: Conn, dir: Direction, size: usize, e: &Error) {
-    tracing::trace!(slot = conn.slot, ?dir, size, error = %e, "gaio request failed");
+fn trace_failure(conn: Conn, size: usize, e: &Error) {
+    tracing::trace!(slot = conn.slot, size, error = %e, "gaio request failed");
 }
 
 /// The burst trims of the engine's working vectors.

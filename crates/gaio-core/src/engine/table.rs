@@ -133,6 +133,14 @@ pub(crate) struct ConnState<C> {
     /// Freed: closes at the next turn, once the requests queued before the `free`
     /// had their chance; requests made after it complete with `ConnClosed`.
     pub closing: bool,
+    /// A graceful close is queued behind the writes: requests made after it
+    /// complete with `ConnClosed`.
+    pub draining: bool,
+    /// A nonblocking connect has not finished: reads wait (a read would consume
+    /// the connect's error).
+    pub connecting: bool,
+    /// Bytes of the queued writes not sent yet (what the write limit bounds).
+    pub queued: usize,
     read: Option<Req<C>>,
     write: Option<Req<C>>,
     spill: Option<Box<Spill<C>>>,
@@ -148,18 +156,28 @@ impl<C> ConnState<C> {
             swap_wait: false,
             dirty: false,
             closing: false,
+            draining: false,
+            connecting: false,
+            queued: 0,
             read: None,
             write: None,
             spill: None,
         }
     }
 
-    pub fn install(&mut self, fd: OwnedFd, generation: u32, socket: bool) {
+    /// Takes `fd` over. A socket still connecting is not assumed ready: its
+    /// connect reports through the first edge.
+    pub fn install(&mut self, fd: OwnedFd, generation: u32, socket: bool, connecting: bool) {
         debug_assert!(self.fd.is_none() && self.read.is_none() && self.write.is_none());
         self.fd = Some(fd);
         self.generation = generation;
-        self.ready = Readiness::ASSUMED;
+        self.ready = if connecting {
+            Readiness::default()
+        } else {
+            Readiness::ASSUMED
+        };
         self.socket = socket;
+        self.connecting = connecting;
     }
 
     /// The connection's queue in `dir`.

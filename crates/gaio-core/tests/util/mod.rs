@@ -47,6 +47,8 @@ pub struct Done<C> {
     pub data: Vec<u8>,
     /// The caller's buffer, if it had one.
     pub owned: Option<Vec<u8>>,
+    /// What an accept produced.
+    pub accepted: Option<(Conn, Option<std::net::SocketAddr>)>,
     /// When the batch holding it was returned.
     pub at: Instant,
 }
@@ -72,9 +74,10 @@ pub fn collect_within<C>(w: &mut Watcher<C>, n: usize, patience: Duration) -> Ve
         let at = Instant::now();
         for c in batch {
             let data = c.data().to_vec();
+            let accepted = c.accepted();
             let owned = match c.buffer {
                 Buffer::Owned(v) => Some(v),
-                Buffer::Swap(_) => None,
+                _ => None,
             };
             out.push(Done {
                 op: c.op,
@@ -84,6 +87,7 @@ pub fn collect_within<C>(w: &mut Watcher<C>, n: usize, patience: Duration) -> Ve
                 result: c.result,
                 data,
                 owned,
+                accepted,
                 at,
             });
         }
@@ -175,6 +179,7 @@ pub fn spawn_echo(streams: Vec<TcpStream>, mode: ReadMode) -> std::thread::JoinH
                         res.result.expect("echo write");
                         read(res.conn, None);
                     }
+                    other => panic!("echo server: unexpected {other:?}"),
                 }
             }
         }

@@ -58,7 +58,7 @@ pub fn echo_pool(builder: Builder, notes: Sender<Note>) -> Pool<()> {
                             let _ = io.read(res.conn, (), None);
                         }
                     }
-                    Op::Read => {
+                    _ => {
                         let _ = io.free(res.conn);
                         let _ = notes.send(Note::Closed { watcher: w });
                     }
