@@ -117,6 +117,7 @@ mod conn;
 mod driver;
 mod engine;
 mod error;
+pub mod framing;
 mod queue;
 mod req;
 mod submit;
