@@ -2,7 +2,8 @@
 //!
 //! Run: `cargo run --release --example echo [-- --listen 127.0.0.1:7000]`
 //! Prints `listening on ADDR` as its first line, then echoes every byte each client
-//! sends until the client closes. Try it with `nc 127.0.0.1 PORT`.
+//! sends until the client closes. Try it with `nc 127.0.0.1 PORT`. One thread: the
+//! watcher accepts, reads and writes.
 //!
 //! Options: `--listen ADDR` (default 127.0.0.1:0, an ephemeral port),
 //! `--busy-poll MICROS` (spin before parking), `--cpu CORE` (pin the watcher),
@@ -19,7 +20,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use gaio::{Buffer, Error, Op, Watcher};
+use gaio::{Buffer, Conn, Error, Op, Watcher};
 
 const USAGE: &str = "\
 usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES] [--owned BYTES]
@@ -73,88 +74,75 @@ fn main() {
     let local = listener
         .local_addr()
         .expect("a bound listener has an address");
+    // The watcher accepts too: no thread besides this one.
+    let l = w.register(listener).unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot watch the listener: {}",
+            common::gaio_reason(&e)
+        ))
+    });
     println!("listening on {local}");
     let _ = std::io::stdout().flush();
 
-    // Accept on a plain thread and delegate each connection to the watcher.
-    let tx = w.submitter();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let stream = match stream {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("echo: accept: {}", common::reason(&e));
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            match tx.register(stream) {
-                // The first read: into the swap buffer, or a buffer of its own.
-                Ok(conn) => {
-                    let _ = tx.read(conn, (), owned.map(|n| vec![0; n]));
-                }
-                Err(e) => eprintln!("echo: register: {}", common::gaio_reason(&e)),
-            }
-        }
-    });
-
-    let served = match owned {
-        None => serve_swap(&mut w),
-        Some(size) => serve_owned(&mut w, size),
-    };
-    if let Err(e) = served {
+    if let Err(e) = serve(&mut w, l, owned) {
         cli.fail(common::gaio_reason(&e));
     }
 }
 
-/// Swap-buffer reads (no buffer per idle connection), each copied into a
-/// recycled write buffer.
-fn serve_swap(w: &mut Watcher<()>) -> gaio::Result<()> {
+/// Accepts pending at once: a burst of connections is taken in one turn.
+const ACCEPTS: usize = 64;
+
+/// The echo loop. `owned: None` reads into the swap buffer (no buffer per idle
+/// connection) and copies each read into a recycled write buffer;
+/// `Some(size)` reads into a buffer of `size` per connection and writes that same
+/// buffer back: no copy.
+fn serve(w: &mut Watcher<()>, listener: Conn, owned: Option<usize>) -> gaio::Result<()> {
+    for _ in 0..ACCEPTS {
+        w.local().accept(listener, ())?;
+    }
     let mut spare: Vec<Vec<u8>> = Vec::new();
     loop {
         let batch = w.wait_io()?;
         // Requests from the completion loop take the hot path.
         let io = batch.local();
         for res in batch {
-            match res.op {
-                // Send back everything; read again only once the write completed.
-                Op::Read if res.result.is_ok() && res.size > 0 => {
-                    let mut out = spare.pop().unwrap_or_default();
-                    out.extend_from_slice(res.data());
-                    io.write(res.conn, (), out)?;
-                }
-                Op::Write if res.result.is_ok() => {
-                    if let Buffer::Owned(mut v) = res.buffer {
-                        v.clear();
-                        spare.push(v);
-                    }
-                    io.read(res.conn, (), None)?;
-                }
-                // EOF or an error: close the connection.
-                _ => io.free(res.conn)?,
-            }
-        }
-    }
-}
-
-/// Reads into a buffer of `size` per connection and writes that same buffer
-/// back: no copy.
-fn serve_owned(w: &mut Watcher<()>, size: usize) -> gaio::Result<()> {
-    loop {
-        let batch = w.wait_io()?;
-        let io = batch.local();
-        for res in batch {
             let ok = res.result.is_ok() && !res.is_eof();
             match (res.op, res.buffer) {
+                (Op::Accept, Buffer::Accepted { conn, .. }) => {
+                    // The first read, then the next accept.
+                    io.read(conn, (), owned.map(|n| vec![0; n]))?;
+                    io.accept(listener, ())?;
+                }
+                (Op::Accept, _) => {
+                    // Out of fds is paced by the watcher; anything else is logged.
+                    if let Err(e) = &res.result {
+                        eprintln!("echo: accept: {}", common::gaio_reason(e));
+                    }
+                    io.accept(listener, ())?;
+                }
+                // Swap style: send back a copy; read again once it is written.
+                (Op::Read, Buffer::Swap(data)) if ok => {
+                    let mut out = spare.pop().unwrap_or_default();
+                    out.extend_from_slice(data);
+                    io.write(res.conn, (), out)?;
+                }
+                // Copy-free style: write the read buffer itself back.
                 (Op::Read, Buffer::Owned(mut v)) if ok => {
                     v.truncate(res.size);
                     io.write(res.conn, (), v)?;
                 }
-                (Op::Write, Buffer::Owned(mut v)) if ok => {
-                    v.resize(size, 0);
-                    io.read(res.conn, (), Some(v))?;
-                }
+                (Op::Write, Buffer::Owned(mut v)) if ok => match owned {
+                    Some(size) => {
+                        v.resize(size, 0);
+                        io.read(res.conn, (), Some(v))?;
+                    }
+                    None => {
+                        v.clear();
+                        spare.push(v);
+                        io.read(res.conn, (), None)?;
+                    }
+                },
+                // EOF or an error: close the connection.
                 _ => io.free(res.conn)?,
             }
         }
@@ -167,6 +155,8 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
+    // Accepted sockets inherit it (Linux): replies are not held back by Nagle.
+    s.set_nodelay(true)?;
     s.bind(&addr.into())?;
     s.listen(4096)?;
     Ok(s.into())

@@ -67,6 +67,7 @@ pub(crate) enum Buf {
 }
 
 impl Buf {
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             Buf::None => 0,
@@ -80,17 +81,28 @@ impl Buf {
 /// `Some` read buffer, `read_full`, a write) or one over 4 GiB.
 #[inline]
 pub(crate) fn check_buf(buf: &Buf, kind: Kind) -> Result<()> {
-    let needs = matches!(kind, Kind::ReadFull | Kind::Write);
-    match buf {
-        Buf::None if needs => Err(Error::EmptyBuffer),
-        Buf::None => Ok(()),
-        b if b.len() == 0 => Err(Error::EmptyBuffer),
-        b if b.len() > MAX_BUF => Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "a request's buffer must be under 4 GiB",
-        ))),
-        _ => Ok(()),
+    let len = buf.len();
+    if len == 0
+        && !(matches!(buf, Buf::None)
+            && matches!(
+                kind,
+                Kind::Read | Kind::Accept | Kind::Connect | Kind::Shutdown | Kind::Close
+            ))
+    {
+        return Err(Error::EmptyBuffer);
     }
+    if len > MAX_BUF {
+        return Err(too_big());
+    }
+    Ok(())
+}
+
+#[cold]
+fn too_big() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "a request's buffer must be under 4 GiB",
+    ))
 }
 
 /// One pending request: kept inline in its connection's slot while it is first in
@@ -118,6 +130,7 @@ pub(crate) enum Step {
 }
 
 impl<C> Req<C> {
+    #[inline]
     pub fn new(buf: Buf, ctx: C, kind: Kind) -> Req<C> {
         debug_assert!(check_buf(&buf, kind).is_ok());
         Req {
@@ -128,16 +141,20 @@ impl<C> Req<C> {
         }
     }
 
+    #[inline]
     pub fn kind(&self) -> Kind {
-        match self.meta >> KIND_SHIFT {
-            0 => Kind::Read,
-            1 => Kind::ReadFull,
-            2 => Kind::Write,
-            3 => Kind::Accept,
-            4 => Kind::Connect,
-            5 => Kind::Shutdown,
-            _ => Kind::Close,
-        }
+        // A table, not a match: one load on the hot path.
+        const KINDS: [Kind; 8] = [
+            Kind::Read,
+            Kind::ReadFull,
+            Kind::Write,
+            Kind::Accept,
+            Kind::Connect,
+            Kind::Shutdown,
+            Kind::Close,
+            Kind::Close,
+        ];
+        KINDS[(self.meta >> KIND_SHIFT) as usize & 7]
     }
 
     pub fn timer(&self) -> u32 {
@@ -169,6 +186,7 @@ impl<C> Req<C> {
     }
 
     /// The bytes a write still has to send (none for other kinds).
+    #[inline]
     pub fn unsent(&self) -> &[u8] {
         match &self.buf {
             Buf::Owned(b) => &b[self.done()..],

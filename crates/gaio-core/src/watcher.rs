@@ -63,12 +63,13 @@ pub enum Buffer<'a> {
     /// the watcher until the next `wait_io`.
     Swap(&'a [u8]),
     /// An accepted connection, already registered on this watcher, and its peer
-    /// (`None` for a Unix socket).
+    /// (`None` for a Unix socket). Boxed so every other completion stays small;
+    /// [`Completion::accepted`] copies both out.
     Accepted {
         /// The new connection.
         conn: Conn,
         /// The client's address, for TCP.
-        peer: Option<std::net::SocketAddr>,
+        peer: Option<Box<std::net::SocketAddr>>,
     },
     /// Nothing: a request that carried no buffer (connect, shutdown, close).
     None,
@@ -131,8 +132,8 @@ impl<'a, C> Completion<'a, C> {
 
     /// The connection an accept produced, and its peer.
     pub fn accepted(&self) -> Option<(Conn, Option<std::net::SocketAddr>)> {
-        match self.buffer {
-            Buffer::Accepted { conn, peer } => Some((conn, peer)),
+        match &self.buffer {
+            Buffer::Accepted { conn, peer } => Some((*conn, peer.as_deref().copied())),
             _ => None,
         }
     }

@@ -46,9 +46,11 @@ pub(crate) enum DoneBuf {
         off: usize,
         len: usize,
     },
+    /// The peer is boxed (one small allocation per accept) so that every other
+    /// completion stays small.
     Accepted {
         conn: Conn,
-        peer: Option<SocketAddr>,
+        peer: Option<Box<SocketAddr>>,
     },
 }
 
@@ -586,6 +588,7 @@ impl<C> Core<C> {
     /// One read for the head read request, if there is one and the fd is
     /// readable. Returns whether to try again (false: nothing to read into, not
     /// readable, or waiting for swap-buffer room).
+    #[inline(always)]
     fn read_once(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut [u8]) -> bool {
         if !c.ready.is_ready(Direction::Read) || c.connecting {
             return false;
@@ -713,6 +716,7 @@ impl<C> Core<C> {
     /// writable: a write (coalesced with the writes queued behind it into one
     /// `writev`, up to `IOV_MAX`), or a connect, shutdown or close waiting there
     /// behind earlier writes. Returns whether to try again.
+    #[inline(always)]
     fn write_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
         if !c.ready.is_ready(Direction::Write) {
             return false;
@@ -893,7 +897,10 @@ impl<C> Core<C> {
                 off,
                 len: if result.is_ok() { size } else { 0 },
             },
-            (Buf::None, Extra::Accepted(conn, peer)) => DoneBuf::Accepted { conn, peer },
+            (Buf::None, Extra::Accepted(conn, peer)) => DoneBuf::Accepted {
+                conn,
+                peer: peer.map(Box::new),
+            },
             (Buf::None, Extra::None) if kind == Kind::Read => DoneBuf::Swap { off: 0, len: 0 },
             (Buf::None, Extra::None) => DoneBuf::None,
         };
