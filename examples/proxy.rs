@@ -1,0 +1,208 @@
+//! A TCP proxy on one watcher: accepts clients, connects each to the upstream,
+//! and forwards every byte both ways.
+//!
+//! Run: `cargo run --release --example proxy -- --listen 127.0.0.1:0 --upstream 127.0.0.1:7000`
+//! Prints `listening on ADDR` first.
+//!
+//! Backpressure without a buffer per connection: each direction has at most one
+//! chunk in flight, read into the swap buffer and copied into a recycled write
+//! buffer, and the next read from a side waits until that chunk was written to
+//! the other. So when one side stops reading, the proxy stops reading from the
+//! other, and memory stays bounded whatever the peers do. A half-close (EOF) on
+//! one side becomes a shutdown of the other's write side after everything before
+//! it was written; the other direction goes on until it ends too, then both
+//! close.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use gaio::{Buffer, Conn, Local, Watcher};
+
+const USAGE: &str = "\
+usage: proxy --listen ADDR --upstream ADDR [--connect-timeout SECS]
+
+  --listen ADDR            address to accept clients on (127.0.0.1:0: any free port)
+  --upstream ADDR          address to connect each client to
+  --connect-timeout SECS   give up on an upstream connect after SECS (default 10)
+";
+
+/// What a request was for.
+#[derive(Debug, Clone, Copy)]
+enum Ctx {
+    Accept,
+    Connect,
+    Read,
+    /// A chunk read from `from`, written to its peer.
+    Write {
+        from: Conn,
+    },
+    Shutdown,
+    Close,
+}
+
+/// One side of a proxied pair.
+#[derive(Debug)]
+struct Side {
+    peer: Conn,
+    /// This side sent EOF (its direction is done).
+    eof: bool,
+}
+
+/// Accepts pending at once.
+const ACCEPTS: usize = 16;
+
+fn main() {
+    let mut cli = common::Cli::new("proxy", USAGE);
+    let mut listen = None;
+    let mut upstream = None;
+    let mut connect_timeout = Duration::from_secs(10);
+    while let Some(flag) = cli.next_flag() {
+        match flag.as_str() {
+            "--listen" => listen = Some(cli.addr(&flag)),
+            "--upstream" => upstream = Some(cli.addr(&flag)),
+            "--connect-timeout" => connect_timeout = cli.period_secs(&flag),
+            other => cli.unknown(other),
+        }
+    }
+    let (Some(listen), Some(upstream)) = (listen, upstream) else {
+        cli.usage_error("--listen and --upstream are required")
+    };
+    let mut w: Watcher<Ctx> = Watcher::new().unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot start the watcher: {}",
+            common::gaio_reason(&e)
+        ))
+    });
+    let listener = TcpListener::bind(listen)
+        .unwrap_or_else(|e| cli.fail(format!("cannot listen on {listen}: {}", common::reason(&e))));
+    let local = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let l = w.register(listener).unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot watch the listener: {}",
+            common::gaio_reason(&e)
+        ))
+    });
+    println!("listening on {local}");
+    let _ = std::io::stdout().flush();
+    if let Err(e) = serve(&mut w, l, upstream, connect_timeout) {
+        cli.fail(common::gaio_reason(&e));
+    }
+}
+
+fn serve(
+    w: &mut Watcher<Ctx>,
+    listener: Conn,
+    upstream: SocketAddr,
+    timeout: Duration,
+) -> gaio::Result<()> {
+    for _ in 0..ACCEPTS {
+        w.local().accept(listener, Ctx::Accept)?;
+    }
+    let mut sides: HashMap<Conn, Side> = HashMap::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let batch = w.wait_io()?;
+        let io = batch.local();
+        for res in batch {
+            let conn = res.conn;
+            let ok = res.result.is_ok();
+            match (res.ctx, res.buffer) {
+                (Ctx::Accept, Buffer::Accepted { conn: client, .. }) => {
+                    io.accept(listener, Ctx::Accept)?;
+                    let deadline = Instant::now() + timeout;
+                    match io.connect(upstream, Ctx::Connect, Some(deadline)) {
+                        Ok(up) => {
+                            sides.insert(
+                                client,
+                                Side {
+                                    peer: up,
+                                    eof: false,
+                                },
+                            );
+                            sides.insert(
+                                up,
+                                Side {
+                                    peer: client,
+                                    eof: false,
+                                },
+                            );
+                            // Both directions start now; the upstream's requests
+                            // wait for its connect.
+                            io.read(client, Ctx::Read, None)?;
+                            io.read(up, Ctx::Read, None)?;
+                        }
+                        Err(e) => {
+                            eprintln!("proxy: connect to {upstream}: {}", common::gaio_reason(&e));
+                            io.free(client)?;
+                        }
+                    }
+                }
+                (Ctx::Accept, _) => {
+                    if let Err(e) = &res.result {
+                        eprintln!("proxy: accept: {}", common::gaio_reason(e));
+                    }
+                    io.accept(listener, Ctx::Accept)?;
+                }
+                (Ctx::Connect, _) if !ok => {
+                    if let Err(e) = &res.result {
+                        eprintln!("proxy: connect to {upstream}: {}", common::gaio_reason(e));
+                    }
+                    drop_pair(&io, &mut sides, conn)?;
+                }
+                (Ctx::Read, Buffer::Swap(data)) if ok && !data.is_empty() => {
+                    let Some(side) = sides.get(&conn) else {
+                        continue;
+                    };
+                    let mut out = spare.pop().unwrap_or_default();
+                    out.extend_from_slice(data);
+                    // The next read from `conn` waits for this write: backpressure.
+                    io.write(side.peer, Ctx::Write { from: conn }, out)?;
+                }
+                (Ctx::Read, _) if ok => {
+                    // EOF: pass the half-close on, after the bytes before it.
+                    let Some(side) = sides.get_mut(&conn) else {
+                        continue;
+                    };
+                    side.eof = true;
+                    let peer = side.peer;
+                    io.shutdown(peer, Ctx::Shutdown)?;
+                    if sides.get(&peer).is_some_and(|p| p.eof) {
+                        // Both directions ended: close both once their writes are out.
+                        sides.remove(&conn);
+                        sides.remove(&peer);
+                        io.close(conn, Ctx::Close, None)?;
+                        io.close(peer, Ctx::Close, None)?;
+                    }
+                }
+                (Ctx::Write { from }, buffer) if ok => {
+                    if let Buffer::Owned(mut v) = buffer {
+                        v.clear();
+                        spare.push(v);
+                    }
+                    if sides.contains_key(&from) {
+                        io.read(from, Ctx::Read, None)?;
+                    }
+                }
+                (Ctx::Connect | Ctx::Close, _) => {}
+                (Ctx::Shutdown, _) if ok => {}
+                // A reset, a failed write or shutdown: the pair is over.
+                _ => drop_pair(&io, &mut sides, conn)?,
+            }
+        }
+    }
+}
+
+/// Frees a connection and its peer (pending requests complete with ConnClosed).
+fn drop_pair(io: &Local<'_, Ctx>, sides: &mut HashMap<Conn, Side>, conn: Conn) -> gaio::Result<()> {
+    if let Some(side) = sides.remove(&conn) {
+        sides.remove(&side.peer);
+        io.free(side.peer)?;
+    }
+    io.free(conn)
+}
