@@ -1,4 +1,6 @@
-//! Drives a Watcher with byte-encoded operation sequences on Unix socket pairs and
+//! Drives a Watcher with byte-encoded operation sequences on Unix socket pairs
+//! (reads, writes with owned and shared buffers, deadlines, graceful close,
+//! shutdown, free, peer writes and closes) through both submission paths, and
 //! checks its promises: no panic, every accepted request completes exactly once,
 //! bytes arrive in order.
 //!
@@ -69,9 +71,29 @@ fuzz_target!(|data: &[u8]| {
             }
             3 => {
                 if let Some(i) = pick(conns.len()) {
-                    let deadline = Instant::now() + Duration::from_micros(b as u64 * 50);
-                    tx.write_deadline(conns[i].conn, next, vec![b; 1 + b as usize], deadline).unwrap();
-                    pending.insert(next, (i, Op::Write));
+                    let conn = conns[i].conn;
+                    match b % 4 {
+                        0 => {
+                            // A graceful close, behind the writes before it.
+                            w.local().close(conn, next, Some(Instant::now() + Duration::from_millis(5))).unwrap();
+                            pending.insert(next, (i, Op::Close));
+                        }
+                        1 => {
+                            w.local().shutdown(conn, next).unwrap();
+                            pending.insert(next, (i, Op::Shutdown));
+                        }
+                        2 => {
+                            // A shared buffer, as a broadcast would send it.
+                            let buf: std::sync::Arc<[u8]> = vec![b; 1 + b as usize].into();
+                            w.local().write(conn, next, buf).unwrap();
+                            pending.insert(next, (i, Op::Write));
+                        }
+                        _ => {
+                            let deadline = Instant::now() + Duration::from_micros(b as u64 * 50);
+                            tx.write_deadline(conn, next, vec![b; 1 + b as usize], deadline).unwrap();
+                            pending.insert(next, (i, Op::Write));
+                        }
+                    }
                     next += 1;
                 }
             }

@@ -21,6 +21,12 @@
 use std::fmt;
 
 /// How a stream is cut into frames.
+///
+/// ```
+/// use gaio_core::framing::{Framer, Framing};
+/// let f = Framer::new(Framing::U32Be, 1 << 20); // same as Framer::u32_be(1 << 20)
+/// # drop(f);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// Lines ending in `\n`; a `\r` before it is dropped too. The frame is the
@@ -45,6 +51,11 @@ impl Framing {
 
 /// A frame longer than the framer's maximum: the peer is broken or hostile, and
 /// the connection should be closed. The framer's state is unspecified after it.
+///
+/// ```
+/// let err = gaio_core::framing::Framer::lines(4).feed(b"too long\n", |_| {}).unwrap_err();
+/// assert_eq!((err.len, err.max), (8, 4));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameError {
     /// The frame's length, as far as known (for a line: what arrived so far).

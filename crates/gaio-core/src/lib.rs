@@ -1,10 +1,13 @@
 //! gaio-core: the [`Watcher`], a proactor over edge-triggered epoll (Linux) and
 //! kqueue (macOS, BSD).
 //!
-//! Hand a connected stream socket or pipe to a watcher, submit reads and writes
-//! with owned buffers (or none: the watcher's shared swap buffer), and collect
-//! completions in batches. An idle connection costs one slot in a table (about
-//! 100 bytes with a pending read) — no task, no thread, no buffer.
+//! Hand a connected stream socket or pipe to a watcher (or let it accept or
+//! connect one), submit reads and writes with owned buffers (or none: the
+//! watcher's shared swap buffer), and collect completions in batches. Graceful
+//! close, half-close, a per-connection write limit, shared write buffers and a
+//! framing helper ([`framing`]) make a server out of it. An idle connection
+//! costs one slot in a table (about 100 bytes with a pending read) — no task, no
+//! thread, no buffer.
 //!
 //! # Quick start: the echo server from Go gaio's README
 //!
@@ -12,16 +15,12 @@
 //! use gaio_core::{Buffer, Op, Watcher};
 //!
 //! let mut w: Watcher<()> = Watcher::new()?;
-//! let tx = w.submitter();
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 //! println!("listening on {}", listener.local_addr()?);
-//! std::thread::spawn(move || {
-//!     for stream in listener.incoming().flatten() {
-//!         // Delegate the connection; read into the swap buffer (no buffer per conn).
-//!         let Ok(conn) = tx.register(stream) else { return };
-//!         let _ = tx.read(conn, (), None);
-//!     }
-//! });
+//! let l = w.register(listener)?; // the watcher accepts too: no other thread
+//! for _ in 0..16 {
+//!     w.local().accept(l, ())?;
+//! }
 //! let mut spare: Vec<Vec<u8>> = Vec::new(); // write buffers handed back, reused
 //! loop {
 //!     let batch = w.wait_io()?;
@@ -31,6 +30,12 @@
 //!     let io = batch.local();
 //!     for res in batch {
 //!         match (res.op, &res.result) {
+//!             (Op::Accept, _) => {
+//!                 if let Some((conn, _peer)) = res.accepted() {
+//!                     io.read(conn, (), None)?; // into the swap buffer
+//!                 }
+//!                 io.accept(l, ())?;
+//!             }
 //!             (Op::Read, Ok(())) if res.size > 0 => {
 //!                 let mut out = spare.pop().unwrap_or_default();
 //!                 out.extend_from_slice(res.data());

@@ -991,6 +991,14 @@ impl<C> Submitter<C> {
     /// nothing completed: for a thread that drives the watcher and also has other
     /// work to pick up, such as new connections handed over by an acceptor.
     ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let tx = w.submitter();
+    /// std::thread::spawn(move || tx.wake()).join().unwrap()?;
+    /// assert_eq!(w.wait_io()?.count(), 0); // returns at once, empty
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::WatcherClosed`].
     pub fn wake(&self) -> Result<()> {
@@ -1022,11 +1030,28 @@ impl<C> Submitter<C> {
     }
 
     /// The watcher's live-connection count, readable from any thread.
+    ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let counts = w.submitter().conn_counts();
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// w.register(a)?;
+    /// assert_eq!(counts.live(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn conn_counts(&self) -> ConnCounts {
         self.shared.counts.clone()
     }
 
     /// Whether the watcher has been closed or dropped.
+    ///
+    /// ```
+    /// let w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let tx = w.submitter();
+    /// drop(w);
+    /// assert!(tx.is_closed());
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared
             .closed

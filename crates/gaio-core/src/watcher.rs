@@ -206,7 +206,15 @@ impl<'a, C> Iterator for Completions<'a, C> {
 
 impl<C> ExactSizeIterator for Completions<'_, C> {}
 
-/// A cheap snapshot of a watcher's counters, from [`Watcher::stats`].
+/// A cheap snapshot of a watcher's counters, from [`Watcher::stats`] (or, from
+/// any thread, [`Submitter::stats`]).
+///
+/// ```
+/// let w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+/// let st: gaio_core::Stats = w.stats();
+/// assert_eq!((st.conns, st.pending_reads, st.completions), (0, 0, 0));
+/// # Ok::<(), gaio_core::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -419,7 +427,14 @@ impl<C> Watcher<C> {
         Builder::default()
     }
 
-    /// A watcher with default settings (64 KiB swap buffer, no pinning).
+    /// A watcher with default settings (64 KiB swap buffer, no pinning, no write
+    /// limit).
+    ///
+    /// ```
+    /// let w: gaio_core::Watcher<u64> = gaio_core::Watcher::new()?;
+    /// # drop(w);
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
     ///
     /// # Errors
     /// When the poller or waker cannot be created (e.g. out of fds).
@@ -427,7 +442,14 @@ impl<C> Watcher<C> {
         Builder::default().build()
     }
 
-    /// A handle to submit requests from this or any other thread.
+    /// A handle to submit requests from any thread (`Clone + Send + Sync`).
+    ///
+    /// ```
+    /// let w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let tx = w.submitter();
+    /// std::thread::spawn(move || tx.wake()).join().unwrap()?;
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
     pub fn submitter(&self) -> Submitter<C> {
         Submitter {
             shared: self.shared.clone(),
@@ -437,6 +459,15 @@ impl<C> Watcher<C> {
     /// A handle for requests on this thread between `wait_io` calls (the hot
     /// path; see [`Local`]). Inside the completion loop, use the batch's
     /// [`Completions::local`].
+    ///
+    /// ```
+    /// let w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let io = w.local();
+    /// let conn = io.register(a)?;
+    /// io.read(conn, (), None)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn local(&self) -> Local<'_, C> {
         Local { eng: &self.eng }
     }
@@ -449,6 +480,18 @@ impl<C> Watcher<C> {
     /// [`Error::Unsupported`] for a regular file, datagram socket or other fd the
     /// poller cannot drive (the fd is closed, not leaked); [`Error::WatcherClosed`];
     /// [`Error::Io`] from the OS.
+    ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let l = w.register(listener)?; // a listener: accept on it
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let c = w.register(a)?; // a stream: read and write on it
+    /// assert_ne!(l, c);
+    /// let file = std::fs::File::open("Cargo.toml")?;
+    /// assert!(matches!(w.register(file), Err(gaio_core::Error::Unsupported)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn register(&mut self, fd: impl Into<OwnedFd>) -> Result<Conn> {
         self.local().register(fd)
     }
@@ -480,6 +523,17 @@ impl<C> Watcher<C> {
     ///
     /// # Errors
     /// [`Error::WatcherClosed`].
+    ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let conn = w.register(a)?;
+    /// w.local().read(conn, (), None)?;
+    /// w.free_all()?;
+    /// let res = w.wait_io()?.next().unwrap();
+    /// assert!(matches!(res.result, Err(gaio_core::Error::ConnClosed)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn free_all(&mut self) -> Result<()> {
         if self.closed {
             return Err(Error::WatcherClosed);
@@ -490,7 +544,17 @@ impl<C> Watcher<C> {
         Ok(())
     }
 
-    /// The watcher's counters.
+    /// The watcher's counters, exact on its own thread.
+    ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let conn = w.register(a)?;
+    /// w.local().write(conn, (), vec![0; 10])?;
+    /// let st = w.stats();
+    /// assert_eq!((st.conns, st.pending_writes, st.queued_write_bytes), (1, 1, 10));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.eng.borrow().stats()
     }
@@ -502,6 +566,18 @@ impl<C> Watcher<C> {
     /// [`Error::WatcherClosed`] after [`close`](Self::close);
     /// [`Error::InvalidCpu`] if pinning to the configured core fails;
     /// [`Error::Io`] if the poller fails.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    /// let conn = w.register(a)?;
+    /// w.local().read(conn, (), None)?;
+    /// b.write_all(b"x")?;
+    /// let batch = w.wait_io()?; // blocks until the read completes
+    /// assert_eq!(batch.len(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn wait_io(&mut self) -> Result<Completions<'_, C>> {
         self.wait(None)
     }
@@ -511,6 +587,14 @@ impl<C> Watcher<C> {
     ///
     /// # Errors
     /// As [`wait_io`](Self::wait_io).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// // Nothing pending: an empty batch after at most about 1 ms.
+    /// assert_eq!(w.wait_io_timeout(Duration::from_millis(1))?.count(), 0);
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
     pub fn wait_io_timeout(&mut self, timeout: Duration) -> Result<Completions<'_, C>> {
         // A timeout too long to represent is no timeout.
         self.wait(Instant::now().checked_add(timeout))
@@ -523,6 +607,15 @@ impl<C> Watcher<C> {
     ///
     /// # Errors
     /// None today; the `Result` leaves room for backends whose close can fail.
+    ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let tx = w.submitter();
+    /// w.close()?;
+    /// assert!(tx.is_closed());
+    /// assert!(matches!(w.wait_io(), Err(gaio_core::Error::WatcherClosed)));
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
     pub fn close(&mut self) -> Result<()> {
         if self.closed {
             return Ok(());

@@ -1,6 +1,6 @@
 //! Model-based test: random sequences of register / read (owned and swap) /
-//! read_full / write / deadlines / free / peer write / peer shutdown / peer reset /
-//! wait_io, checked after every step against a model of what each request may
+//! read_full / write (owned and shared buffers) / deadlines / free / graceful
+//! close / shutdown / peer write / peer shutdown / peer reset / wait_io, checked after every step against a model of what each request may
 //! complete with:
 //!
 //! * every accepted request completes exactly once;
@@ -47,6 +47,15 @@ enum Step {
     Free {
         c: u8,
     },
+    /// Graceful close: after the writes before it.
+    Close {
+        c: u8,
+        deadline_ms: Option<u8>,
+    },
+    /// Half-close: our write side, after the writes before it.
+    Shutdown {
+        c: u8,
+    },
     PeerWrite {
         c: u8,
         len: u16,
@@ -76,6 +85,9 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(c, len, deadline_ms)| Step::ReadFull { c, len, deadline_ms }),
         4 => (c, 1u16..4096, deadline).prop_map(|(c, len, deadline_ms)| Step::Write { c, len, deadline_ms }),
         1 => c.prop_map(|c| Step::Free { c }),
+        1 => (c, proptest::option::weighted(0.5, 0u8..20))
+            .prop_map(|(c, deadline_ms)| Step::Close { c, deadline_ms }),
+        1 => c.prop_map(|c| Step::Shutdown { c }),
         4 => (c, 1u16..4096).prop_map(|(c, len)| Step::PeerWrite { c, len }),
         1 => c.prop_map(|c| Step::PeerShutdown { c }),
         1 => c.prop_map(|c| Step::PeerReset { c }),
@@ -89,6 +101,15 @@ enum Kind {
     Read,
     ReadFull(usize),
     Write,
+    Close,
+    Shutdown,
+}
+
+impl Kind {
+    /// In the write queue (FIFO with writes).
+    fn is_write_side(self) -> bool {
+        matches!(self, Kind::Write | Kind::Close | Kind::Shutdown)
+    }
 }
 
 #[derive(Debug)]
@@ -110,6 +131,8 @@ struct Model {
     peer_shut: bool,
     reset: bool,
     freed: bool,
+    /// Our write side was shut down: later writes may fail (EPIPE).
+    shut: bool,
     /// Freed with input the server never read: the close sent a RST, which may
     /// discard written bytes the kernel still held (Nagle), so the peer gets a
     /// prefix of what the writes reported.
@@ -166,10 +189,20 @@ impl World {
             request(&tx, conn, id, kind, buf, deadline)
         };
         prop_assert!(res.is_ok(), "non-empty request refused: {res:?}");
-        if kind == Kind::Write {
+        if kind.is_write_side() {
             m.writes.push_back(id);
         } else {
             m.reads.push_back(id);
+        }
+        match kind {
+            // Pending reads end now, later requests complete with ConnClosed,
+            // and the close itself resets if input is left unread.
+            Kind::Close => {
+                m.freed = true;
+                m.closed_unread = true;
+            }
+            Kind::Shutdown => m.shut = true,
+            _ => {}
         }
         self.pending.insert(
             id,
@@ -216,13 +249,14 @@ impl World {
         prop_assert_eq!(conn, m.conn);
         prop_assert_eq!(
             op,
-            if p.kind == Kind::Write {
-                Op::Write
-            } else {
-                Op::Read
+            match p.kind {
+                Kind::Write => Op::Write,
+                Kind::Close => Op::Close,
+                Kind::Shutdown => Op::Shutdown,
+                _ => Op::Read,
             }
         );
-        let queue = if p.kind == Kind::Write {
+        let queue = if p.kind.is_write_side() {
             &mut m.writes
         } else {
             &mut m.reads
@@ -245,6 +279,7 @@ impl World {
                 }
                 m.written.extend_from_slice(&p.bytes[..size]);
             }
+            Kind::Close | Kind::Shutdown => prop_assert_eq!(size, 0),
             Kind::Read | Kind::ReadFull(_) => {
                 prop_assert_eq!(data.len(), size);
                 if m.reset {
@@ -290,7 +325,10 @@ impl World {
         match result {
             Err(Error::ConnClosed) => prop_assert!(m.freed, "ConnClosed on a live connection"),
             Err(Error::Io(_)) => {
-                prop_assert!(m.reset || m.peer_shut, "i/o error without a peer close")
+                prop_assert!(
+                    m.reset || m.peer_shut || (m.shut && p.kind.is_write_side()),
+                    "i/o error without a peer close"
+                )
             }
             Err(Error::Deadline) | Ok(()) => {}
             Err(other) => prop_assert!(false, "unexpected error {other:?}"),
@@ -327,6 +365,7 @@ impl World {
                         peer_shut: false,
                         reset: false,
                         freed: false,
+                        shut: false,
                         closed_unread: false,
                         written: Vec::new(),
                         peer_got: Vec::new(),
@@ -381,6 +420,16 @@ impl World {
                     let m = &mut self.conns[i];
                     m.freed = true;
                     m.closed_unread = m.peer_sent.len() > m.consumed;
+                }
+            }
+            Step::Close { c, deadline_ms } => {
+                if let Some(i) = self.pick(c) {
+                    self.submit(i, Kind::Close, None, deadline_ms)?;
+                }
+            }
+            Step::Shutdown { c } => {
+                if let Some(i) = self.pick(c) {
+                    self.submit(i, Kind::Shutdown, None, None)?;
                 }
             }
             Step::PeerWrite { c, len } => {
@@ -590,6 +639,17 @@ trait Requests {
     fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()>;
     fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()>;
     fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()>;
+    fn close(&self, c: Conn, id: u64, d: Option<Instant>) -> gaio_core::Result<()>;
+    fn shutdown(&self, c: Conn, id: u64) -> gaio_core::Result<()>;
+}
+
+/// Every third write goes as a shared buffer: the same bytes either way.
+fn write_buf(id: u64, b: Vec<u8>) -> gaio_core::WriteBuf {
+    if id.is_multiple_of(3) {
+        std::sync::Arc::<[u8]>::from(b).into()
+    } else {
+        b.into()
+    }
 }
 
 impl Requests for gaio_core::Submitter<u64> {
@@ -609,10 +669,16 @@ impl Requests for gaio_core::Submitter<u64> {
         self.read_full(c, id, b, d)
     }
     fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()> {
-        self.write(c, id, b)
+        self.write(c, id, write_buf(id, b))
     }
     fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
-        self.write_deadline(c, id, b, d)
+        self.write_deadline(c, id, write_buf(id, b), d)
+    }
+    fn close(&self, c: Conn, id: u64, d: Option<Instant>) -> gaio_core::Result<()> {
+        self.close(c, id, d)
+    }
+    fn shutdown(&self, c: Conn, id: u64) -> gaio_core::Result<()> {
+        self.shutdown(c, id)
     }
 }
 
@@ -633,10 +699,16 @@ impl Requests for gaio_core::Local<'_, u64> {
         gaio_core::Local::read_full(self, c, id, b, d)
     }
     fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()> {
-        gaio_core::Local::write(self, c, id, b)
+        gaio_core::Local::write(self, c, id, write_buf(id, b))
     }
     fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
-        gaio_core::Local::write_deadline(self, c, id, b, d)
+        gaio_core::Local::write_deadline(self, c, id, write_buf(id, b), d)
+    }
+    fn close(&self, c: Conn, id: u64, d: Option<Instant>) -> gaio_core::Result<()> {
+        gaio_core::Local::close(self, c, id, d)
+    }
+    fn shutdown(&self, c: Conn, id: u64) -> gaio_core::Result<()> {
+        gaio_core::Local::shutdown(self, c, id)
     }
 }
 
@@ -654,5 +726,7 @@ fn request(
         (Kind::ReadFull(_), d) => via.read_full(conn, id, buf.unwrap(), d),
         (Kind::Write, None) => via.write(conn, id, buf.unwrap()),
         (Kind::Write, Some(d)) => via.write_deadline(conn, id, buf.unwrap(), d),
+        (Kind::Close, d) => via.close(conn, id, d),
+        (Kind::Shutdown, _) => via.shutdown(conn, id),
     }
 }
