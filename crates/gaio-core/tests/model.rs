@@ -1,6 +1,7 @@
 //! Model-based test: random sequences of register / read (owned and swap) /
 //! read_full / write (owned and shared buffers) / deadlines / free / graceful
-//! close / shutdown / peer write / peer shutdown / peer reset / wait_io, checked after every step against a model of what each request may
+//! close / shutdown / connect / accept / peer write / peer shutdown / peer reset /
+//! wait_io, checked after every step against a model of what each request may
 //! complete with:
 //!
 //! * every accepted request completes exactly once;
@@ -29,6 +30,10 @@ use util::*;
 #[derive(Debug, Clone)]
 enum Step {
     Register,
+    /// A connection made by the watcher's connect.
+    Connect,
+    /// A connection taken by the watcher's accept.
+    Accept,
     Read {
         c: u8,
         owned: Option<u16>,
@@ -79,6 +84,8 @@ fn step() -> impl Strategy<Value = Step> {
     let deadline = proptest::option::weighted(0.3, 0u8..20);
     prop_oneof![
         2 => Just(Step::Register),
+        1 => Just(Step::Connect),
+        1 => Just(Step::Accept),
         4 => (c, proptest::option::of(1u16..2048), deadline.clone())
             .prop_map(|(c, owned, deadline_ms)| Step::Read { c, owned, deadline_ms }),
         2 => (c, 1u16..2048, deadline.clone())
@@ -103,12 +110,18 @@ enum Kind {
     Write,
     Close,
     Shutdown,
+    Connect,
+    /// On the watcher's listener, not on a model connection.
+    Accept,
 }
 
 impl Kind {
     /// In the write queue (FIFO with writes).
     fn is_write_side(self) -> bool {
-        matches!(self, Kind::Write | Kind::Close | Kind::Shutdown)
+        matches!(
+            self,
+            Kind::Write | Kind::Close | Kind::Shutdown | Kind::Connect
+        )
     }
 }
 
@@ -151,9 +164,38 @@ struct World {
     pending: BTreeMap<u64, Pending>,
     next_id: u64,
     seed: u64,
+    /// Where the watcher's connects go (the peers are accepted with std).
+    target: std::net::TcpListener,
+    /// The watcher's own listener, once an Accept step made one.
+    listener: Option<(Conn, std::net::SocketAddr)>,
+    /// Clients connected to it whose accept has not completed yet.
+    accepting: Vec<TcpStream>,
+    /// Everything is being freed: a connection accepted now is freed at once.
+    finishing: bool,
 }
 
 impl World {
+    /// A new model connection for `conn`, whose peer is `peer`; its index.
+    fn add_conn(&mut self, conn: Conn, peer: TcpStream) -> usize {
+        peer.set_nonblocking(true).unwrap();
+        self.conns.push(Model {
+            conn,
+            peer: Some(peer),
+            peer_sent: Vec::new(),
+            consumed: 0,
+            peer_shut: false,
+            reset: false,
+            freed: false,
+            shut: false,
+            closed_unread: false,
+            written: Vec::new(),
+            peer_got: Vec::new(),
+            reads: VecDeque::new(),
+            writes: VecDeque::new(),
+        });
+        self.conns.len() - 1
+    }
+
     fn pick(&self, c: u8) -> Option<usize> {
         (!self.conns.is_empty()).then(|| c as usize % self.conns.len())
     }
@@ -221,15 +263,27 @@ impl World {
             .w
             .wait_io_timeout(timeout)
             .unwrap()
-            .map(|c| (c.op, c.ctx, c.size, c.data().to_vec(), c.result, c.conn))
+            .map(|c| {
+                let accepted = c.accepted();
+                (
+                    c.op,
+                    c.ctx,
+                    c.size,
+                    c.data().to_vec(),
+                    c.result,
+                    c.conn,
+                    accepted,
+                )
+            })
             .collect();
         let n = batch.len();
-        for (op, id, size, data, result, conn) in batch {
-            self.check(op, id, size, result, data, conn)?;
+        for (op, id, size, data, result, conn, accepted) in batch {
+            self.check(op, id, size, result, data, conn, accepted)?;
         }
         Ok(n)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn check(
         &mut self,
         op: Op,
@@ -238,6 +292,7 @@ impl World {
         result: Result<(), Error>,
         data: Vec<u8>,
         conn: Conn,
+        accepted: Option<(Conn, Option<std::net::SocketAddr>)>,
     ) -> Result<(), TestCaseError> {
         let p = self.pending.remove(&id);
         prop_assert!(
@@ -245,6 +300,29 @@ impl World {
             "request {id} completed twice or was never submitted"
         );
         let p = p.unwrap();
+        if p.kind == Kind::Accept {
+            prop_assert_eq!(op, Op::Accept);
+            prop_assert_eq!(Some(conn), self.listener.map(|l| l.0));
+            match (&result, accepted) {
+                (Ok(()), Some((new, Some(peer)))) => {
+                    // Its peer is the client that connected from `peer`.
+                    let k = self
+                        .accepting
+                        .iter()
+                        .position(|c| c.local_addr().unwrap() == peer);
+                    prop_assert!(k.is_some(), "accepted an unknown peer {peer}");
+                    let client = self.accepting.swap_remove(k.unwrap());
+                    let i = self.add_conn(new, client);
+                    if self.finishing {
+                        self.w.free(new).unwrap();
+                        self.conns[i].freed = true;
+                    }
+                }
+                (Err(Error::ConnClosed), None) => {}
+                other => prop_assert!(false, "accept: {other:?}"),
+            }
+            return Ok(());
+        }
         let m = &mut self.conns[p.conn];
         prop_assert_eq!(conn, m.conn);
         prop_assert_eq!(
@@ -253,6 +331,7 @@ impl World {
                 Kind::Write => Op::Write,
                 Kind::Close => Op::Close,
                 Kind::Shutdown => Op::Shutdown,
+                Kind::Connect => Op::Connect,
                 _ => Op::Read,
             }
         );
@@ -279,7 +358,9 @@ impl World {
                 }
                 m.written.extend_from_slice(&p.bytes[..size]);
             }
-            Kind::Close | Kind::Shutdown => prop_assert_eq!(size, 0),
+            Kind::Close | Kind::Shutdown | Kind::Connect | Kind::Accept => {
+                prop_assert_eq!(size, 0)
+            }
             Kind::Read | Kind::ReadFull(_) => {
                 prop_assert_eq!(data.len(), size);
                 if m.reset {
@@ -322,8 +403,19 @@ impl World {
                 }
             }
         }
+        if p.kind == Kind::Connect && result.is_err() {
+            // A connect that failed (or was reset before the watcher saw it
+            // finish) closes its connection: what is queued ends ConnClosed.
+            m.freed = true;
+        }
         match result {
-            Err(Error::ConnClosed) => prop_assert!(m.freed, "ConnClosed on a live connection"),
+            Err(Error::ConnClosed) => prop_assert!(
+                m.freed,
+                "ConnClosed on a live connection: {:?} id {} conn {:?}",
+                p.kind,
+                id,
+                m.conn
+            ),
             Err(Error::Io(_)) => {
                 prop_assert!(
                     m.reset || m.peer_shut || (m.shut && p.kind.is_write_side()),
@@ -355,23 +447,66 @@ impl World {
             Step::Register => {
                 if self.conns.len() < 4 {
                     let (c, srv) = tcp_pair();
-                    c.set_nonblocking(true).unwrap();
                     let conn = self.w.register(srv).unwrap();
-                    self.conns.push(Model {
-                        conn,
-                        peer: Some(c),
-                        peer_sent: Vec::new(),
-                        consumed: 0,
-                        peer_shut: false,
-                        reset: false,
-                        freed: false,
-                        shut: false,
-                        closed_unread: false,
-                        written: Vec::new(),
-                        peer_got: Vec::new(),
-                        reads: VecDeque::new(),
-                        writes: VecDeque::new(),
-                    });
+                    self.add_conn(conn, c);
+                }
+            }
+            Step::Connect => {
+                if self.conns.len() < 4 {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let addr = self.target.local_addr().unwrap();
+                    let conn = if id.is_multiple_of(2) {
+                        self.w.local().connect(addr, id, None)
+                    } else {
+                        self.w.submitter().connect(addr, id, None)
+                    };
+                    let conn = conn.unwrap();
+                    // The kernel finishes the handshake on its own.
+                    let (peer, _) = self.target.accept().unwrap();
+                    let i = self.add_conn(conn, peer);
+                    self.conns[i].writes.push_back(id);
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            conn: i,
+                            kind: Kind::Connect,
+                            bytes: Vec::new(),
+                            deadline: None,
+                        },
+                    );
+                }
+            }
+            Step::Accept => {
+                if self.conns.len() + self.accepting.len() < 4 {
+                    let (l, addr) = match self.listener {
+                        Some(l) => l,
+                        None => {
+                            let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                            let addr = std_l.local_addr().unwrap();
+                            let l = (self.w.register(std_l).unwrap(), addr);
+                            self.listener = Some(l);
+                            l
+                        }
+                    };
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let res = if id.is_multiple_of(2) {
+                        self.w.local().accept(l, id)
+                    } else {
+                        self.w.submitter().accept(l, id)
+                    };
+                    prop_assert!(res.is_ok(), "{res:?}");
+                    self.accepting.push(TcpStream::connect(addr).unwrap());
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            conn: usize::MAX,
+                            kind: Kind::Accept,
+                            bytes: Vec::new(),
+                            deadline: None,
+                        },
+                    );
                 }
             }
             Step::Read {
@@ -543,10 +678,14 @@ impl World {
             // Let the peers read what is in flight before the close.
             let _ = m.peer.as_ref().map(|p| p.set_nonblocking(true));
         }
+        self.finishing = true;
         let conns: Vec<Conn> = self.conns.iter().map(|m| m.conn).collect();
         for (i, c) in conns.into_iter().enumerate() {
             self.w.free(c).unwrap();
             self.conns[i].freed = true;
+        }
+        if let Some((l, _)) = self.listener {
+            self.w.free(l).unwrap();
         }
         let end = Instant::now() + Duration::from_secs(10);
         while !self.pending.is_empty() {
@@ -592,6 +731,10 @@ fn run_case(steps: &[Step]) -> Result<(), TestCaseError> {
         pending: BTreeMap::new(),
         next_id: 0,
         seed: 0,
+        target: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        listener: None,
+        accepting: Vec::new(),
+        finishing: false,
     };
     for s in steps {
         world.apply(s)?;
@@ -612,6 +755,10 @@ fn random_operation_sequences_keep_every_promise() {
         failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
             "proptest-regressions",
         ))),
+        max_shrink_iters: std::env::var("GAIO_MODEL_SHRINK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024),
         ..Config::default()
     };
     // A fixed seed: the same cases on every CI run.
@@ -728,5 +875,6 @@ fn request(
         (Kind::Write, Some(d)) => via.write_deadline(conn, id, buf.unwrap(), d),
         (Kind::Close, d) => via.close(conn, id, d),
         (Kind::Shutdown, _) => via.shutdown(conn, id),
+        (Kind::Connect | Kind::Accept, _) => unreachable!("made by their own steps"),
     }
 }
