@@ -1,6 +1,7 @@
 //! Drives a Watcher with byte-encoded operation sequences on Unix socket pairs
-//! (reads, writes with owned and shared buffers, deadlines, graceful close,
-//! shutdown, free, peer writes and closes) through both submission paths, and
+//! and TCP (reads, writes with owned and shared buffers, deadlines, graceful
+//! close, shutdown, free, accept, connect, peer writes and closes) through both
+//! submission paths, and
 //! checks its promises: no panic, every accepted request completes exactly once,
 //! bytes arrive in order.
 //!
@@ -9,17 +10,28 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use gaio_core::{Conn, Error, Op, Watcher};
 use libfuzzer_sys::fuzz_target;
 
+/// The far end of a connection: a Unix socket pair, or TCP for connections the
+/// watcher accepted or connected.
+trait Stream: Read + Write {}
+impl Stream for UnixStream {}
+impl Stream for TcpStream {}
+
 struct Peer {
     conn: Conn,
-    peer: Option<UnixStream>,
+    peer: Option<Box<dyn Stream>>,
     sent: Vec<u8>,
     consumed: usize,
+}
+
+fn peer(conn: Conn, s: impl Stream + 'static) -> Peer {
+    Peer { conn, peer: Some(Box::new(s)), sent: Vec::new(), consumed: 0 }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -28,15 +40,36 @@ fuzz_target!(|data: &[u8]| {
     let mut conns: Vec<Peer> = Vec::new();
     let mut pending: HashMap<u64, (usize, Op)> = HashMap::new();
     let mut next = 0u64;
-    let check = |w: &mut Watcher<u64>, conns: &mut Vec<Peer>, pending: &mut HashMap<u64, (usize, Op)>, t: Duration| {
+    // Connects go to `target` (accepted with std); accepts come from `listener`.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut listener: Option<(Conn, std::net::SocketAddr)> = None;
+    let mut accepting: Vec<TcpStream> = Vec::new();
+    let check = |w: &mut Watcher<u64>, conns: &mut Vec<Peer>, pending: &mut HashMap<u64, (usize, Op)>, accepting: &mut Vec<TcpStream>, t: Duration| {
         let batch: Vec<_> = w
             .wait_io_timeout(t)
             .unwrap()
-            .map(|c| (c.ctx, c.op, c.data().to_vec(), c.result))
+            .map(|c| {
+                let accepted = c.accepted();
+                (c.ctx, c.op, c.data().to_vec(), c.result, accepted)
+            })
             .collect();
-        for (id, op, bytes, result) in batch {
+        for (id, op, bytes, result, accepted) in batch {
             let (i, want) = pending.remove(&id).expect("completed twice or never submitted");
             assert_eq!(op, want);
+            if op == Op::Accept {
+                match (result, accepted) {
+                    (Ok(()), Some((conn, Some(addr)))) => {
+                        let k = accepting
+                            .iter()
+                            .position(|c| c.local_addr().unwrap() == addr)
+                            .expect("accepted a client that never connected");
+                        conns.push(peer(conn, accepting.swap_remove(k)));
+                    }
+                    (Err(Error::ConnClosed), None) => {}
+                    other => panic!("accept: {other:?}"),
+                }
+                continue;
+            }
             if op == Op::Read && !matches!(result, Err(Error::ConnClosed)) {
                 let p = &mut conns[i];
                 let end = p.consumed + bytes.len();
@@ -54,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
                 let (x, y) = UnixStream::pair().unwrap();
                 y.set_nonblocking(true).unwrap();
                 let conn = w.register(x).unwrap();
-                conns.push(Peer { conn, peer: Some(y), sent: Vec::new(), consumed: 0 });
+                conns.push(peer(conn, y));
             }
             1 | 2 => {
                 if let Some(i) = pick(conns.len()) {
@@ -127,13 +160,38 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
             }
-            _ => check(&mut w, &mut conns, &mut pending, Duration::from_micros(b as u64 * 10)),
+            7 if b % 2 == 0 && conns.len() + accepting.len() < 4 => {
+                // Accept on the watcher's own listener.
+                let (l, addr) = *listener.get_or_insert_with(|| {
+                    let std_l = TcpListener::bind("127.0.0.1:0").unwrap();
+                    let addr = std_l.local_addr().unwrap();
+                    (w.register(std_l).unwrap(), addr)
+                });
+                w.local().accept(l, next).unwrap();
+                pending.insert(next, (usize::MAX, Op::Accept));
+                next += 1;
+                let c = TcpStream::connect(addr).unwrap();
+                c.set_nonblocking(true).unwrap();
+                accepting.push(c);
+            }
+            7 if conns.len() < 4 => {
+                // Connect; the kernel finishes the handshake with `target`.
+                let conn = tx.connect(target.local_addr().unwrap(), next, None).unwrap();
+                let (s, _) = target.accept().unwrap();
+                s.set_nonblocking(true).unwrap();
+                conns.push(peer(conn, s));
+                pending.insert(next, (conns.len() - 1, Op::Connect));
+                next += 1;
+            }
+            _ => check(&mut w, &mut conns, &mut pending, &mut accepting, Duration::from_micros(b as u64 * 10)),
         }
     }
     w.free_all().unwrap();
     let end = Instant::now() + Duration::from_secs(5);
     while !pending.is_empty() {
         assert!(Instant::now() < end, "requests never completed");
-        check(&mut w, &mut conns, &mut pending, Duration::from_millis(10));
+        check(&mut w, &mut conns, &mut pending, &mut accepting, Duration::from_millis(10));
+        // Connections accepted while everything is being freed go too.
+        w.free_all().unwrap();
     }
 });
