@@ -581,13 +581,15 @@ impl<C> Core<C> {
     /// head request of each direction while the fd is ready for it.
     #[inline]
     pub fn progress(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut [u8]) {
-        let connecting = c.connecting;
-        while self.read_once(c, slot, swap) {}
-        while self.write_once(c, slot) {}
-        if connecting && !c.connecting {
-            // Reads waited for the connect, which just finished: data that
-            // arrived meanwhile raised its edge already.
+        loop {
             while self.read_once(c, slot, swap) {}
+            let connecting = c.connecting;
+            while self.write_once(c, slot) {}
+            // Reads waited for a connect that just finished: data that arrived
+            // meanwhile raised its edge already, so try them now.
+            if !connecting || c.connecting {
+                break;
+            }
         }
     }
 
