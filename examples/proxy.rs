@@ -16,7 +16,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -77,19 +76,7 @@ fn main() {
             common::gaio_reason(&e)
         ))
     });
-    let listener = TcpListener::bind(listen)
-        .unwrap_or_else(|e| cli.fail(format!("cannot listen on {listen}: {}", common::reason(&e))));
-    let local = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let l = w.register(listener).unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot watch the listener: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    println!("listening on {local}");
-    let _ = std::io::stdout().flush();
+    let l = cli.watch_listener(&mut w, listen, TcpListener::bind(listen));
     if let Err(e) = serve(&mut w, l, upstream, connect_timeout) {
         cli.fail(common::gaio_reason(&e));
     }

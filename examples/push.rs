@@ -12,7 +12,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,19 +59,7 @@ fn main() {
                 common::gaio_reason(&e)
             ))
         });
-    let listener = listener(listen, sndbuf)
-        .unwrap_or_else(|e| cli.fail(format!("cannot listen on {listen}: {}", common::reason(&e))));
-    let local = listener
-        .local_addr()
-        .expect("a bound listener has an address");
-    let l = w.register(listener).unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot watch the listener: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    println!("listening on {local}");
-    let _ = std::io::stdout().flush();
+    let l = cli.watch_listener(&mut w, listen, listener(listen, sndbuf));
     if let Err(e) = serve(&mut w, l, interval) {
         cli.fail(common::gaio_reason(&e));
     }

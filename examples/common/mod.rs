@@ -99,6 +99,29 @@ impl Cli {
         eprintln!("{}: {msg}", self.prog);
         exit(1)
     }
+
+    /// Hands the listener bound on `addr` (or the error binding it) to the
+    /// watcher, which then accepts on it, and prints `listening on ADDR`: the
+    /// line clients wait for. Any failure ends the example with one line.
+    pub fn watch_listener<C>(
+        &self,
+        w: &mut gaio::Watcher<C>,
+        addr: SocketAddr,
+        bound: std::io::Result<std::net::TcpListener>,
+    ) -> gaio::Conn {
+        use std::io::Write;
+        let listener =
+            bound.unwrap_or_else(|e| self.fail(format!("cannot listen on {addr}: {}", reason(&e))));
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|e| self.fail(format!("cannot listen on {addr}: {}", reason(&e))));
+        let conn = w.register(listener).unwrap_or_else(|e| {
+            self.fail(format!("cannot watch the listener: {}", gaio_reason(&e)))
+        });
+        println!("listening on {local}");
+        let _ = std::io::stdout().flush();
+        conn
+    }
 }
 
 /// An I/O error as a short reason: `permission denied`, not
