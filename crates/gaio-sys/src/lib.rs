@@ -8,7 +8,8 @@
 //! * [`Waker`]: wakes a [`Poller::wait`] blocked in another thread. Wakes that happen
 //!   before the poller next waits coalesce into one event.
 //! * Nonblocking calls on raw fds: [`read`], [`send`], [`write()`], [`sendv`], [`writev`],
-//!   [`accept`], [`set_nonblocking`], [`fd_kind`]. `EINTR` is retried inside; `EAGAIN`
+//!   [`accept`], [`connect_tcp`], [`connect_unix`] (with [`take_error`] to learn how a
+//!   connect ended), [`shutdown_write`], [`set_nonblocking`], [`fd_kind`]. `EINTR` is retried inside; `EAGAIN`
 //!   comes back as [`std::io::ErrorKind::WouldBlock`]; [`send`] and [`sendv`] never raise
 //!   `SIGPIPE`. [`AcceptError`] says what an accept failure means for an accept loop.
 //! * Thread pinning: [`pin_current_thread`] and [`current_thread_affinity`].
