@@ -12,7 +12,7 @@ use gaio_sys::Waker;
 
 use crate::conn::WAKE_TOKEN;
 use crate::driver::Driver;
-use crate::engine::{Done, DoneBuf, Engine, Trim, Trims};
+use crate::engine::{Core, Done, DoneBuf, Engine, Trim, Trims};
 use crate::queue::Shared;
 use crate::submit::{Local, Submitter};
 use crate::{Conn, Error, Result};
@@ -681,7 +681,7 @@ impl<C> Watcher<C> {
                 let d = next.saturating_duration_since(eng.now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            if park(eng, &mut self.trims, self.busy_poll, timeout)? {
+            if park(&mut eng.core, &mut self.trims, self.busy_poll, timeout)? {
                 eng.dispatch(swap);
             }
             self.skipped_poll = false;
@@ -710,7 +710,7 @@ impl<C> Watcher<C> {
 /// Polls, spinning first if busy-polling, parking in the poller otherwise; returns
 /// whether connections reported readiness.
 fn park<C>(
-    eng: &mut Engine<C>,
+    eng: &mut Core<C>,
     trims: &mut Trims,
     busy_poll: Option<Duration>,
     timeout: Option<Duration>,
@@ -735,17 +735,16 @@ fn park<C>(
         }
     }
     eng.trim_idle(trims);
-    let shared = eng.shared.clone();
-    shared.publish(&eng.stats());
+    eng.shared.publish(&eng.stats());
     // The watcher's half of the park handshake (see queue.rs): a submitter
     // either sees `parked` and wakes us, or we see its command and do not block.
-    shared.parked.store(true, Ordering::SeqCst);
+    eng.shared.parked.store(true, Ordering::SeqCst);
     if eng.remote_pending() {
-        shared.parked.store(false, Ordering::Relaxed);
+        eng.shared.parked.store(false, Ordering::Relaxed);
         return Ok(false);
     }
     let res = eng.driver.poll(timeout);
-    shared.parked.store(false, Ordering::Relaxed);
+    eng.shared.parked.store(false, Ordering::Relaxed);
     Ok(res?)
 }
 

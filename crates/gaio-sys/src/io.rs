@@ -369,15 +369,7 @@ pub fn fd_kind(fd: BorrowedFd<'_>) -> io::Result<FdKind> {
     syscall!(fstat(fd.as_raw_fd(), &mut st))?;
     match st.st_mode & libc::S_IFMT {
         libc::S_IFSOCK => {
-            let mut ty: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            syscall!(getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut ty as *mut libc::c_int).cast(),
-                &mut len
-            ))?;
+            let ty = socket_option(fd, libc::SO_TYPE)?;
             Ok(if ty == libc::SOCK_STREAM {
                 FdKind::Socket
             } else {
@@ -406,16 +398,22 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// # Errors
 /// Whatever `getsockopt` reports (e.g. `ENOTSOCK`).
 pub fn take_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
-    let mut err: libc::c_int = 0;
+    let err = socket_option(fd, libc::SO_ERROR)?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// An `int` socket option at `SOL_SOCKET` level.
+fn socket_option(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     syscall!(getsockopt(
         fd.as_raw_fd(),
         libc::SOL_SOCKET,
-        libc::SO_ERROR,
-        (&mut err as *mut libc::c_int).cast(),
+        name,
+        (&mut value as *mut libc::c_int).cast(),
         &mut len
     ))?;
-    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+    Ok(value)
 }
 
 /// A new nonblocking, close-on-exec stream socket of `family`, without
