@@ -37,6 +37,13 @@ impl Conn {
     pub fn generation(&self) -> u32 {
         self.generation
     }
+
+    /// The process-unique id of the watcher it belongs to
+    /// ([`Submitter::id`](crate::Submitter::id)): how a pool finds a
+    /// connection's owner.
+    pub fn watcher(&self) -> u32 {
+        self.watcher
+    }
 }
 
 /// The poller token of the waker's events; connection tokens never reach it

@@ -25,9 +25,12 @@ pub enum Error {
     /// The request's deadline passed before it finished; the completion's `size`
     /// says how many bytes moved before that.
     Deadline,
-    /// The connection was freed (before or while this request was pending), the
-    /// `Conn` is stale, or it belongs to another watcher.
+    /// The connection was freed (before or while this request was pending) or
+    /// the `Conn` is stale.
     ConnClosed,
+    /// The `Conn` belongs to another watcher: refused at once. (A pool routes such
+    /// requests to the owner; a bare watcher cannot.)
+    ForeignConn,
     /// The watcher was closed or dropped.
     WatcherClosed,
     /// A write, `read_full`, or `read` with `Some(buffer)` was given an empty buffer.
@@ -56,6 +59,7 @@ impl Error {
             Error::Io(e) => e.kind(),
             Error::Deadline => io::ErrorKind::TimedOut,
             Error::ConnClosed | Error::WatcherClosed => io::ErrorKind::NotConnected,
+            Error::ForeignConn => io::ErrorKind::InvalidInput,
             Error::EmptyBuffer | Error::InvalidCpu(_) => io::ErrorKind::InvalidInput,
             Error::Unsupported => io::ErrorKind::Unsupported,
             Error::WriteLimit => io::ErrorKind::WouldBlock,
@@ -68,7 +72,8 @@ impl fmt::Display for Error {
         match self {
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Deadline => f.write_str("deadline exceeded"),
-            Error::ConnClosed => f.write_str("connection closed (freed, or not this watcher's)"),
+            Error::ConnClosed => f.write_str("connection closed (freed or stale)"),
+            Error::ForeignConn => f.write_str("connection belongs to another watcher"),
             Error::WatcherClosed => f.write_str("watcher closed"),
             Error::EmptyBuffer => f.write_str("empty buffer"),
             Error::Unsupported => f.write_str("fd is not a pollable stream socket or pipe"),

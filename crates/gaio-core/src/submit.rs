@@ -89,7 +89,7 @@ impl<C> Local<'_, C> {
             return Err(Error::WatcherClosed);
         }
         if conn.watcher != eng.shared.id {
-            return Err(Error::ConnClosed);
+            return Err(Error::ForeignConn);
         }
         if eng.remote_pending() {
             // Requests other threads made first go first.
@@ -117,7 +117,7 @@ impl<C> Local<'_, C> {
     ///
     /// # Errors
     /// [`Error::EmptyBuffer`] for `Some` of an empty buffer; [`Error::WatcherClosed`];
-    /// [`Error::ConnClosed`] for a `Conn` of another watcher (a stale `Conn` of
+    /// [`Error::ForeignConn`] for a `Conn` of another watcher (a stale `Conn` of
     /// this one is accepted and completes with `ConnClosed`).
     pub fn read(&self, conn: Conn, ctx: C, buf: Option<Vec<u8>>) -> Result<()> {
         self.submit(conn, ctx, buf.into(), Kind::Read, None)
@@ -199,7 +199,7 @@ impl<C> Local<'_, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::EmptyBuffer`]; [`Error::WatcherClosed`]; [`Error::ConnClosed`] for
+    /// [`Error::EmptyBuffer`]; [`Error::WatcherClosed`]; [`Error::ForeignConn`] for
     /// a `Conn` of another watcher.
     pub fn read_full(
         &self,
@@ -238,7 +238,7 @@ impl<C> Local<'_, C> {
     /// [`Error::EmptyBuffer`]; [`Error::WriteLimit`] when it would take the
     /// connection's queued bytes past the watcher's
     /// [`write_limit`](crate::Builder::write_limit); [`Error::WatcherClosed`];
-    /// [`Error::ConnClosed`] for a `Conn` of another watcher.
+    /// [`Error::ForeignConn`] for a `Conn` of another watcher.
     pub fn write(&self, conn: Conn, ctx: C, buf: impl Into<WriteBuf>) -> Result<()> {
         self.submit(conn, ctx, buf.into().into(), Kind::Write, None)
     }
@@ -331,7 +331,7 @@ impl<C> Local<'_, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::WatcherClosed`]; [`Error::ConnClosed`] for a `Conn` of another
+    /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
     /// watcher. An fd that is not a listener completes with the OS's error.
     pub fn accept(&self, listener: Conn, ctx: C) -> Result<()> {
         self.submit(listener, ctx, Buf::None, Kind::Accept, None)
@@ -418,7 +418,7 @@ impl<C> Local<'_, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::WatcherClosed`]; [`Error::ConnClosed`] for a `Conn` of another
+    /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
     /// watcher.
     pub fn shutdown(&self, conn: Conn, ctx: C) -> Result<()> {
         self.submit(conn, ctx, Buf::None, Kind::Shutdown, None)
@@ -448,7 +448,7 @@ impl<C> Local<'_, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::WatcherClosed`]; [`Error::ConnClosed`] for a `Conn` of another
+    /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
     /// watcher.
     pub fn close(&self, conn: Conn, ctx: C, deadline: Option<Instant>) -> Result<()> {
         self.submit(conn, ctx, Buf::None, Kind::Close, deadline)
@@ -473,17 +473,59 @@ impl<C> Local<'_, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::WatcherClosed`].
+    /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
+    /// watcher.
     pub fn free(&self, conn: Conn) -> Result<()> {
         let mut eng = self.eng.borrow_mut();
         if eng.closed {
             return Err(Error::WatcherClosed);
+        }
+        if conn.watcher != eng.shared.id {
+            return Err(Error::ForeignConn);
         }
         if eng.remote_pending() {
             eng.run_remote();
         }
         eng.free(conn);
         Ok(())
+    }
+
+    /// Takes `conn` out of the watcher and hands its socket back, open and
+    /// nonblocking, as `mio`'s `deregister` or tokio's `into_std` do: to pass a
+    /// connection to another watcher, thread or library. Requests still pending
+    /// on it complete with [`Error::ConnClosed`] (nothing was lost in flight: a
+    /// read that had taken bytes has completed already); requests made later on
+    /// the `Conn` are treated as on a freed one.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    /// let w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let conn = w.local().register(a)?;
+    /// let fd = w.local().detach(conn)?;
+    /// let mut a = std::os::unix::net::UnixStream::from(fd);
+    /// a.write_all(b"still open")?;
+    /// let mut got = [0; 10];
+    /// b.read_exact(&mut got)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ConnClosed`] for a stale or freed `Conn`; [`Error::ForeignConn`];
+    /// [`Error::WatcherClosed`].
+    pub fn detach(&self, conn: Conn) -> Result<OwnedFd> {
+        let mut eng = self.eng.borrow_mut();
+        if eng.closed {
+            return Err(Error::WatcherClosed);
+        }
+        if conn.watcher != eng.shared.id {
+            return Err(Error::ForeignConn);
+        }
+        if eng.remote_pending() {
+            // A registration other threads made first goes first.
+            eng.run_remote();
+        }
+        eng.detach(conn).ok_or(Error::ConnClosed)
     }
 
     /// Takes a stream socket, listener or pipe over, as
@@ -656,7 +698,7 @@ impl<C> Submitter<C> {
         deadline: Option<Instant>,
     ) -> Result<()> {
         if conn.watcher != self.shared.id {
-            return Err(Error::ConnClosed);
+            return Err(Error::ForeignConn);
         }
         check_buf(&buf, kind)?;
         self.shared.push(Cmd::Submit {
@@ -805,7 +847,7 @@ impl<C> Submitter<C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::EmptyBuffer`]; [`Error::WatcherClosed`]; [`Error::ConnClosed`] for
+    /// [`Error::EmptyBuffer`]; [`Error::WatcherClosed`]; [`Error::ForeignConn`] for
     /// a `Conn` of another watcher.
     pub fn write(&self, conn: Conn, ctx: C, buf: impl Into<WriteBuf>) -> Result<()> {
         self.submit(conn, ctx, buf.into().into(), Kind::Write, None)
@@ -978,13 +1020,25 @@ impl<C> Submitter<C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::WatcherClosed`]; [`Error::ConnClosed`] for a `Conn` of another
+    /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
     /// watcher.
     pub fn free(&self, conn: Conn) -> Result<()> {
         if conn.watcher != self.shared.id {
-            return Err(Error::ConnClosed);
+            return Err(Error::ForeignConn);
         }
         self.shared.push(Cmd::Free(conn))
+    }
+
+    /// The watcher's process-unique id, as [`Conn::watcher`] carries it.
+    ///
+    /// ```
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// assert_eq!(w.register(a)?.watcher(), w.submitter().id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn id(&self) -> u32 {
+        self.shared.id
     }
 
     /// Makes the watcher's current (or next) `wait_io` return, with an empty batch if

@@ -503,10 +503,14 @@ impl<C> Watcher<C> {
     /// nothing. ([`Local::free`] does the same at the next turn.)
     ///
     /// # Errors
-    /// [`Error::WatcherClosed`].
+    /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
+    /// watcher.
     pub fn free(&mut self, conn: Conn) -> Result<()> {
         if self.closed {
             return Err(Error::WatcherClosed);
+        }
+        if conn.watcher != self.shared.id {
+            return Err(Error::ForeignConn);
         }
         let eng = self.eng.get_mut();
         if eng.remote_pending() {

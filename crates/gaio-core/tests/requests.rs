@@ -369,12 +369,49 @@ fn conn_of_another_watcher_is_refused() {
     let b: Watcher<()> = Watcher::new().unwrap();
     let conn = a.register(s).unwrap();
     let tb = b.submitter();
-    assert!(matches!(tb.read(conn, (), None), Err(Error::ConnClosed)));
+    assert!(matches!(tb.read(conn, (), None), Err(Error::ForeignConn)));
     assert!(matches!(
         tb.write(conn, (), vec![1]),
-        Err(Error::ConnClosed)
+        Err(Error::ForeignConn)
     ));
-    assert!(matches!(tb.free(conn), Err(Error::ConnClosed)));
+    assert!(matches!(tb.free(conn), Err(Error::ForeignConn)));
+    assert!(matches!(b.local().free(conn), Err(Error::ForeignConn)));
+    assert!(matches!(b.local().detach(conn), Err(Error::ForeignConn)));
+    assert_eq!(conn.watcher(), a.submitter().id());
+    assert_ne!(conn.watcher(), tb.id());
+    // The owner still has it: the refusals touched nothing.
+    assert_eq!(a.stats().conns, 1);
+    a.free(conn).unwrap();
+}
+
+/// `detach` hands the socket back open: pending requests end with ConnClosed
+/// (exactly once), the Conn is dead afterwards, and the fd still carries bytes
+/// both ways, e.g. on another watcher.
+#[test]
+fn detach_hands_the_socket_back_open() {
+    let _serial = serial();
+    let (mut c, mut w, _tx, conn) = watched::<u8>();
+    w.local().read(conn, 1, None).unwrap();
+    let fd = w.local().detach(conn).unwrap();
+    let done = collect(&mut w, 1);
+    assert_eq!(done[0].ctx, 1);
+    assert!(matches!(done[0].result, Err(Error::ConnClosed)));
+    assert_eq!(w.stats().conns, 0);
+    assert!(matches!(w.local().detach(conn), Err(Error::ConnClosed)));
+    w.local().read(conn, 2, None).unwrap();
+    assert!(matches!(collect(&mut w, 1)[0].result, Err(Error::ConnClosed)));
+
+    let mut other: Watcher<u8> = Watcher::new().unwrap();
+    let moved = other.register(fd).unwrap();
+    other.local().read(moved, 3, None).unwrap();
+    c.write_all(b"moved").unwrap();
+    let done = collect(&mut other, 1);
+    assert_eq!((done[0].ctx, done[0].data.as_slice()), (3, &b"moved"[..]));
+    other.local().write(moved, 4, b"back".to_vec()).unwrap();
+    assert!(collect(&mut other, 1)[0].result.is_ok());
+    let mut got = [0; 4];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"back");
 }
 
 #[test]
@@ -436,7 +473,7 @@ fn local_requests_are_refused_like_submitter_ones() {
     ));
     assert!(matches!(
         other.local().read(conn, (), None),
-        Err(Error::ConnClosed)
+        Err(Error::ForeignConn)
     ));
     w.close().unwrap();
     assert!(matches!(

@@ -389,6 +389,20 @@ impl<C> Engine<C> {
         }
     }
 
+    /// Takes `conn` out of the watcher without closing it (pending requests
+    /// complete with `ConnClosed`). `None` for a stale, foreign or freed `Conn`.
+    pub fn detach(&mut self, conn: Conn) -> Option<OwnedFd> {
+        let Engine { table, core } = self;
+        if conn.watcher != core.id {
+            return None;
+        }
+        let c = table.live_mut(conn.slot, conn.generation)?;
+        if c.closing {
+            return None;
+        }
+        core.take(c, conn.slot)
+    }
+
     /// Frees every live connection at once.
     pub fn free_all(&mut self, swap: &mut [u8]) {
         let live: Vec<Conn> = self.table.live(self.core.id).collect();
@@ -843,13 +857,19 @@ impl<C> Core<C> {
     /// Closes the connection in `c` now: its fd, then every pending request with
     /// `ConnClosed`; the slot goes back to the allocator under its next generation.
     fn close(&mut self, c: &mut ConnState<C>, slot: u32) {
-        let Some(fd) = c.fd.take() else {
-            return;
-        };
+        if let Some(fd) = self.take(c, slot) {
+            drop(fd);
+            self.driver.syscalls += 1; // the close
+        }
+    }
+
+    /// Takes the connection in `c` out of the watcher: off the poller, every
+    /// pending request completed with `ConnClosed`, the slot back to the allocator
+    /// under its next generation. Returns its fd (`None` if already gone).
+    fn take(&mut self, c: &mut ConnState<C>, slot: u32) -> Option<OwnedFd> {
+        let fd = c.fd.take()?;
         let conn = self.conn(slot, c.generation);
         self.driver.deregister(fd.as_fd());
-        drop(fd);
-        self.driver.syscalls += 1; // the close
         let mut pending = [0; 2];
         for (i, dir) in [Direction::Read, Direction::Write].into_iter().enumerate() {
             while let Some(req) = c.queue(dir).pop() {
@@ -870,6 +890,7 @@ impl<C> Core<C> {
             pending_writes = pending[1],
             "gaio free"
         );
+        Some(fd)
     }
 
     /// The batch was handed out with the swap bytes it references. The next read
