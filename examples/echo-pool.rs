@@ -65,6 +65,7 @@ fn main() {
                     return;
                 }
                 Event::Completed(res) => res,
+                _ => return,
             };
             match res.op {
                 Op::Read if res.result.is_ok() && res.size > 0 => {
@@ -129,11 +130,17 @@ fn main() {
 fn print_stats(pool: &Pool<()>) {
     // A closed stdout (the reader went away) must not take the server down.
     let mut out = std::io::stdout().lock();
-    for s in pool.stats() {
+    for s in pool.stats().watchers {
         let _ = writeln!(
             out,
-            "watcher {}: live {} accepts {} completions {} pending r/w {}/{}",
-            s.index, s.live_conns, s.accepts, s.completions, s.pending_reads, s.pending_writes
+            "watcher {}: live {} accepts {} completions {} pending r/w {}/{} queued {} B",
+            s.index,
+            s.live_conns,
+            s.accepts,
+            s.completions,
+            s.pending_reads,
+            s.pending_writes,
+            s.queued_write_bytes
         );
     }
     let _ = out.flush();

@@ -399,7 +399,10 @@ fn detach_hands_the_socket_back_open() {
     assert_eq!(w.stats().conns, 0);
     assert!(matches!(w.local().detach(conn), Err(Error::ConnClosed)));
     w.local().read(conn, 2, None).unwrap();
-    assert!(matches!(collect(&mut w, 1)[0].result, Err(Error::ConnClosed)));
+    assert!(matches!(
+        collect(&mut w, 1)[0].result,
+        Err(Error::ConnClosed)
+    ));
 
     let mut other: Watcher<u8> = Watcher::new().unwrap();
     let moved = other.register(fd).unwrap();

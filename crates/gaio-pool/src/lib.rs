@@ -1,11 +1,22 @@
-//! gaio-pool: N [`gaio_core::Watcher`]s on N CPU-pinned threads, with
-//! pluggable load balancing and SO_REUSEPORT acceptors.
+//! gaio-pool: N [`gaio_core::Watcher`]s on N CPU-pinned threads — a server
+//! framework with listeners inside the watchers, pluggable load balancing,
+//! requests on any connection from anywhere, and messages between watchers.
 //!
 //! Go gaio tells its users to "create multiple Watchers and distribute connections
 //! with your preferred strategy" and to use reuseport listeners. This crate is that
-//! advice, done once: each watcher thread runs your [`Handler`], connections reach
-//! a watcher through a [`Balancer`] or through one SO_REUSEPORT listener per
-//! watcher, and shutdown is graceful.
+//! advice, done once:
+//! - each watcher thread runs your [`Handler`], which sees every event of its
+//!   watcher: [`Event::Started`], [`Event::Connected`], [`Event::Completed`] and
+//!   [`Event::Message`];
+//! - the watchers accept themselves, with no thread beside them: with
+//!   [`Pool::listen_reuseport`] each watcher accepts on its own SO_REUSEPORT
+//!   listener and keeps what it accepts; with [`Pool::listen`] one watcher accepts
+//!   and the [`Balancer`] places each connection;
+//! - a request on any pool `Conn` goes to the watcher that owns it, from any
+//!   handler ([`Io`]) or thread ([`Handle`]);
+//! - [`Handle::send`] and [`Handle::broadcast`] hand application values to one
+//!   watcher or to all, as events on their own threads;
+//! - shutdown is graceful.
 //!
 //! # Example: a multi-core echo server
 //!
@@ -19,6 +30,7 @@
 //!         let res = match ev {
 //!             Event::Connected { conn, .. } => return drop(io.read(conn, (), None)),
 //!             Event::Completed(res) => res,
+//!             _ => return,
 //!         };
 //!         match res.op {
 //!             Op::Read if res.result.is_ok() && res.size > 0 => {
@@ -46,146 +58,396 @@
 //! `Send + Clone`: each watcher thread owns its handler outright, so per-thread
 //! state (buffer pools, session maps) needs no lock and no `Send` bound, and the
 //! factory learns which watcher it builds for.
+//!
+//! # Reaching another watcher's connections
+//!
+//! A `Conn` names the watcher that owns it, and every request method of [`Io`]
+//! and [`Handle`] sends the request there: on the owner's own thread straight
+//! into the connection's queue (the hot path), from anywhere else through the
+//! owner's lock-free cross-thread queue, which costs a queue push (an allocation
+//! per 31 requests) and, if the owner is idle in the poller, one wake-up system
+//! call. The request completes on the owner's thread, at the owner's handler.
+//! Requests made by one thread on one connection keep their order. For a
+//! broadcast, write one `Arc<[u8]>` to every recipient (a reference count each,
+//! no copy), or [`broadcast`](Handle::broadcast) a message and let each watcher
+//! write to its own connections, as `examples/chat.rs` does.
 #![forbid(unsafe_code)]
 
-mod acceptor;
 mod balancer;
+mod listen;
+mod route;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::ops::Deref;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
-use gaio_core::{Completion, Conn, ConnCounts, Error, Local, Result, Submitter, Watcher};
+use gaio_core::{Completion, Conn, ConnCounts, Error, Local, Result, Submitter, Watcher, WriteBuf};
 
 pub use balancer::{Balancer, BalancerKind, LeastConnections, Loads, RoundRobin, SourceHash};
 
-use acceptor::Acceptor;
+use route::{Ctx, Target, requests, route};
 
 /// What a watcher thread hands its [`Handler`].
 #[derive(Debug)]
-pub enum Event<'a, C> {
-    /// A connection was assigned to this watcher (accepted or [`Pool::assign`]ed).
-    /// Submit its first request here.
+#[non_exhaustive]
+pub enum Event<'a, C, M = ()> {
+    /// The watcher's thread is running: the first event of every handler, before
+    /// any connection reaches it. Set up per-thread work here (timers, outgoing
+    /// connections with [`Io::connect`]).
+    Started,
+    /// A connection was assigned to this watcher (accepted by a pool listener or
+    /// [`Pool::assign`]ed). Submit its first request here.
     Connected {
-        /// Its token on this watcher.
+        /// Its token (owned by this watcher).
         conn: Conn,
         /// The client's address, when known.
         peer: Option<SocketAddr>,
     },
-    /// A request completed. Swap-buffer bytes are valid during this call only.
+    /// A request on one of this watcher's connections completed (whichever
+    /// thread made it). Swap-buffer bytes are valid during this call only.
     Completed(Completion<'a, C>),
+    /// A value sent with [`Handle::send`] or [`Handle::broadcast`]. Values from
+    /// one thread arrive in the order sent.
+    Message(M),
 }
 
 /// The user's code on a watcher thread: sees every event of its watcher, in order.
 ///
-/// Implemented for every `FnMut(&Io<C>, Event<'_, C>)`.
-pub trait Handler<C>: 'static {
+/// Implemented for every `FnMut(&Io<C, M>, Event<'_, C, M>)`.
+pub trait Handler<C, M = ()>: 'static {
     /// Handles one event; make further requests through `io`.
-    fn handle(&mut self, io: &Io<'_, C>, event: Event<'_, C>);
+    fn handle(&mut self, io: &Io<'_, C, M>, event: Event<'_, C, M>);
 }
 
-impl<C, F> Handler<C> for F
+impl<C, M, F> Handler<C, M> for F
 where
-    F: for<'a, 'b> FnMut(&Io<'b, C>, Event<'a, C>) + 'static,
+    F: for<'a, 'b> FnMut(&Io<'b, C, M>, Event<'a, C, M>) + 'static,
 {
-    fn handle(&mut self, io: &Io<'_, C>, event: Event<'_, C>) {
+    fn handle(&mut self, io: &Io<'_, C, M>, event: Event<'_, C, M>) {
         self(io, event)
     }
 }
 
-/// A handler's way back into its watcher: dereferences to the watcher's
-/// [`Local`] handle (`io.read(..)`, `io.write(..)`, `io.free(..)`), the hot path
-/// for requests on the watcher's own thread. For another thread, take a
-/// [`Submitter`] with [`submitter`](Self::submitter).
-#[derive(Debug)]
-pub struct Io<'a, C> {
+/// A handler's way into the pool: the request methods (`io.read(..)`,
+/// `io.write(..)`, `io.free(..)`, …) for any connection of the pool — on this
+/// watcher's connections they take the hot path — plus this watcher's own
+/// operations (`connect`, `register`, `queued`) and, through
+/// [`pool`](Self::pool), messages and stats.
+pub struct Io<'a, C, M = ()> {
     index: usize,
-    local: Local<'a, C>,
-    tx: &'a Submitter<C>,
+    id: u32,
+    local: Local<'a, Ctx<C>>,
+    pool: &'a Handle<C, M>,
 }
 
-impl<'a, C> Io<'a, C> {
+impl<C, M> std::fmt::Debug for Io<'_, C, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io").field("index", &self.index).finish()
+    }
+}
+
+impl<'a, C, M> Io<'a, C, M> {
     /// Which watcher of the pool this is (0-based).
     pub fn index(&self) -> usize {
         self.index
     }
 
-    /// A handle to this watcher for other threads (`Clone + Send + Sync`).
-    pub fn submitter(&self) -> &'a Submitter<C> {
-        self.tx
+    /// The whole pool, from this thread: [`send`](Handle::send),
+    /// [`broadcast`](Handle::broadcast), [`stats`](Handle::stats), and a
+    /// `Clone + Send` handle for other threads.
+    pub fn pool(&self) -> &'a Handle<C, M> {
+        self.pool
+    }
+
+    fn target(&self, conn: Conn) -> Result<Target<'a, C>> {
+        if conn.watcher() == self.id {
+            Ok(Target::Local(self.local))
+        } else {
+            self.pool.target(conn)
+        }
+    }
+
+    requests!();
+
+    /// Starts a nonblocking TCP connect on this watcher; the `Connect`
+    /// completion says how it went (see [`gaio_core::Local::connect`]).
+    ///
+    /// # Errors
+    /// [`Error::WatcherClosed`]; the OS's error when the socket cannot be made.
+    pub fn connect(&self, addr: SocketAddr, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
+        self.local.connect(addr, Ctx::User(ctx), deadline)
+    }
+
+    /// As [`connect`](Self::connect), to a Unix socket path.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect).
+    pub fn connect_unix(&self, path: &Path, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
+        self.local.connect_unix(path, Ctx::User(ctx), deadline)
+    }
+
+    /// Takes a socket or pipe over on this watcher (no [`Event::Connected`]
+    /// follows: the caller has the `Conn`).
+    ///
+    /// # Errors
+    /// As [`gaio_core::Watcher::register`].
+    pub fn register(&self, fd: impl Into<OwnedFd>) -> Result<Conn> {
+        self.local.register(fd)
+    }
+
+    /// Bytes queued for writing on one of this watcher's connections (0 for a
+    /// stale `Conn` or another watcher's).
+    pub fn queued(&self, conn: Conn) -> usize {
+        self.local.queued(conn)
     }
 }
 
-impl<'a, C> Deref for Io<'a, C> {
-    type Target = Local<'a, C>;
+/// The pool from any thread (`Clone + Send + Sync`): request methods on any
+/// connection (through the owner's cross-thread queue), messages, stats.
+/// [`Pool`] dereferences to it; handlers reach it with [`Io::pool`].
+pub struct Handle<C, M = ()> {
+    inner: Arc<Inner<C, M>>,
+}
 
-    fn deref(&self) -> &Local<'a, C> {
-        &self.local
+impl<C, M> Clone for Handle<C, M> {
+    fn clone(&self) -> Self {
+        Handle {
+            inner: self.inner.clone(),
+        }
     }
 }
 
-/// Per-watcher counters read by balancers and [`Pool::stats`]; the watcher
-/// publishes its own figures (see [`Submitter::stats`]), acceptors count accepts.
+impl<C, M> std::fmt::Debug for Handle<C, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("watchers", &self.inner.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, M> Handle<C, M> {
+    /// Number of watchers.
+    pub fn watchers(&self) -> usize {
+        self.inner.workers.len()
+    }
+
+    fn target(&self, conn: Conn) -> Result<Target<'_, C>> {
+        Ok(Target::Remote(&self.inner.worker_of(conn)?.tx))
+    }
+
+    requests!();
+
+    /// Which watcher owns `conn`.
+    ///
+    /// # Errors
+    /// [`Error::ForeignConn`] for a `Conn` of no watcher of this pool.
+    pub fn owner(&self, conn: Conn) -> Result<usize> {
+        self.inner.index_of(conn)
+    }
+
+    /// Starts a nonblocking TCP connect on watcher `watcher` (its handler gets
+    /// the completion); see [`Io::connect`].
+    ///
+    /// # Errors
+    /// [`Error::Io`] of kind `InvalidInput` for an index out of range; as
+    /// [`Io::connect`].
+    pub fn connect(
+        &self,
+        watcher: usize,
+        addr: SocketAddr,
+        ctx: C,
+        deadline: Option<Instant>,
+    ) -> Result<Conn> {
+        self.inner
+            .worker(watcher)?
+            .tx
+            .connect(addr, Ctx::User(ctx), deadline)
+    }
+
+    /// Hands `msg` to watcher `watcher`'s handler as [`Event::Message`], on that
+    /// watcher's thread, at its next turn (waking it if idle). Messages from
+    /// one thread to one watcher arrive in the order sent.
+    ///
+    /// # Errors
+    /// [`Error::Io`] of kind `InvalidInput` for an index out of range;
+    /// [`Error::WatcherClosed`] once the pool or that watcher stopped.
+    pub fn send(&self, watcher: usize, msg: M) -> Result<()> {
+        let w = self.inner.worker(watcher)?;
+        if self.inner.closed.load(Ordering::Acquire) || w.tx.is_closed() {
+            return Err(Error::WatcherClosed);
+        }
+        w.messages.push(msg);
+        w.tx.wake()
+    }
+
+    /// Hands a clone of `msg` to every watcher (this one included), as
+    /// [`send`](Self::send) does. Wrap big values in an `Arc` so a clone is a
+    /// reference count.
+    ///
+    /// # Errors
+    /// [`Error::WatcherClosed`] once the pool stopped. A watcher whose thread is
+    /// gone is skipped.
+    pub fn broadcast(&self, msg: M) -> Result<()>
+    where
+        M: Clone,
+    {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::WatcherClosed);
+        }
+        for w in &self.inner.workers {
+            if !w.tx.is_closed() {
+                w.messages.push(msg.clone());
+                let _ = w.tx.wake();
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-watcher figures and totals (each watcher publishes its own after
+    /// every batch and whenever it goes idle).
+    pub fn stats(&self) -> PoolStats {
+        let watchers: Vec<WatcherStats> = self
+            .inner
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(index, w)| {
+                let st = w.tx.stats();
+                // The pool's own accepts are not the application's reads.
+                let accepts_pending =
+                    w.counters.listeners.load(Ordering::Relaxed) * listen::ACCEPT_DEPTH;
+                WatcherStats {
+                    index,
+                    live_conns: w.counters.live_conns(),
+                    pending_reads: st.pending_reads.saturating_sub(accepts_pending),
+                    pending_writes: st.pending_writes,
+                    queued_write_bytes: st.queued_write_bytes,
+                    completions: st.completions,
+                    accepts: w.counters.accepts.load(Ordering::Relaxed),
+                    messages: w.counters.messages.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        PoolStats {
+            live_conns: watchers.iter().map(|w| w.live_conns).sum(),
+            queued_write_bytes: watchers.iter().map(|w| w.queued_write_bytes).sum(),
+            accepts: watchers.iter().map(|w| w.accepts).sum(),
+            watchers,
+        }
+    }
+}
+
+/// Per-watcher counters read by balancers and [`Handle::stats`]; the watcher
+/// publishes its own figures (see [`Submitter::stats`]).
 #[derive(Debug)]
 pub(crate) struct Counters {
     /// Kept by the watcher itself, so a free counts as soon as it is processed.
     conns: ConnCounts,
+    /// The pool's listeners on this watcher: counted in `conns`, but not load.
+    listeners: AtomicUsize,
     accepts: AtomicU64,
+    messages: AtomicU64,
 }
 
 impl Counters {
+    /// Connections, listeners left out.
     pub(crate) fn live_conns(&self) -> usize {
-        self.conns.live()
+        self.conns
+            .live()
+            .saturating_sub(self.listeners.load(Ordering::Relaxed))
     }
 }
 
-/// One watcher's figures, from [`Pool::stats`].
+/// One watcher's figures, from [`Handle::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WatcherStats {
     /// Watcher index.
     pub index: usize,
-    /// Connections assigned and not yet freed.
+    /// Connections on this watcher and not yet freed (the pool's listeners
+    /// not counted).
     pub live_conns: usize,
     /// Reads pending, as of the watcher's last batch or park (an idle watcher's
-    /// figures include every request it has taken in).
+    /// figures include every request it has taken in); the accepts the pool
+    /// keeps pending on its listeners are not counted.
     pub pending_reads: usize,
     /// Writes pending, as of the watcher's last batch or park.
     pub pending_writes: usize,
+    /// Bytes queued for writing and not sent yet, as of the last batch or park.
+    pub queued_write_bytes: usize,
     /// Completions handled.
     pub completions: u64,
-    /// Connections accepted for this watcher by the pool's listeners.
+    /// Connections the pool's listeners accepted and handed to this watcher.
+    pub accepts: u64,
+    /// Messages delivered to this watcher's handler.
+    pub messages: u64,
+}
+
+/// The whole pool's figures, from [`Handle::stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Each watcher's figures, by index.
+    pub watchers: Vec<WatcherStats>,
+    /// Live connections on all watchers.
+    pub live_conns: usize,
+    /// Bytes queued for writing on all watchers: what slow readers cost.
+    pub queued_write_bytes: usize,
+    /// Connections accepted by the pool's listeners.
     pub accepts: u64,
 }
 
-struct Worker<C> {
-    tx: Submitter<C>,
+struct Worker<C, M> {
+    tx: Submitter<Ctx<C>>,
     new_conns: SegQueue<(Conn, Option<SocketAddr>)>,
+    messages: SegQueue<M>,
     counters: Arc<Counters>,
     stop: AtomicBool,
     /// Grace period for shutdown, in nanoseconds.
     grace_nanos: AtomicU64,
 }
 
-pub(crate) struct Inner<C> {
-    workers: Vec<Arc<Worker<C>>>,
+pub(crate) struct Inner<C, M> {
+    workers: Vec<Worker<C, M>>,
     /// The workers' counters again, as one slice free of `C`: what `Loads` shows
     /// a `Balancer`.
     counters: Vec<Arc<Counters>>,
     balancer: ArcSwap<Box<dyn Balancer>>,
-    pub(crate) closed: AtomicBool,
-    /// Core of each watcher thread, if pinned.
-    cores: Vec<Option<usize>>,
+    closed: AtomicBool,
+    /// The pool's listeners: (watcher index, listener, balanced).
+    listeners: Mutex<Vec<(usize, Conn, bool)>>,
+    /// Which watcher takes the next balanced listener.
+    next_listener: AtomicUsize,
 }
 
-impl<C> Inner<C> {
-    fn pick(&self, peer: Option<SocketAddr>) -> usize {
+impl<C, M> Inner<C, M> {
+    fn worker(&self, index: usize) -> Result<&Worker<C, M>> {
+        self.workers.get(index).ok_or_else(|| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no watcher {index} (the pool has {})", self.workers.len()),
+            ))
+        })
+    }
+
+    fn index_of(&self, conn: Conn) -> Result<usize> {
+        self.workers
+            .iter()
+            .position(|w| w.tx.id() == conn.watcher())
+            .ok_or(Error::ForeignConn)
+    }
+
+    fn worker_of(&self, conn: Conn) -> Result<&Worker<C, M>> {
+        Ok(&self.workers[self.index_of(conn)?])
+    }
+
+    pub(crate) fn pick(&self, peer: Option<SocketAddr>) -> usize {
         let loads = Loads {
             watchers: &self.counters,
         };
@@ -193,8 +455,8 @@ impl<C> Inner<C> {
     }
 
     /// Registers `fd` on watcher `to` (or the balancer's choice) and tells its
-    /// handler.
-    /// `accepted`: it came from one of the pool's listeners (counted in stats).
+    /// handler. `accepted`: it came from one of the pool's listeners (counted
+    /// in stats).
     pub(crate) fn dispatch(
         &self,
         fd: OwnedFd,
@@ -205,26 +467,7 @@ impl<C> Inner<C> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::WatcherClosed);
         }
-        let n = self.workers.len();
-        let mut index = to.unwrap_or_else(|| self.pick(peer));
-        if self.workers[index].tx.is_closed() {
-            // That watcher's thread is gone (its handler panicked): keep serving on
-            // the others rather than refusing every connection sent its way.
-            let live = (1..n)
-                .map(|k| (index + k) % n)
-                .find(|&i| !self.workers[i].tx.is_closed());
-            match live {
-                Some(i) => {
-                    tracing::warn!(
-                        dead = index,
-                        to = i,
-                        "gaio-pool: watcher is gone; connection sent elsewhere"
-                    );
-                    index = i;
-                }
-                None => return Err(Error::WatcherClosed),
-            }
-        }
+        let index = self.live_from(to.unwrap_or_else(|| self.pick(peer)))?;
         let w = &self.workers[index];
         let conn = w.tx.register(fd)?;
         if accepted {
@@ -235,6 +478,29 @@ impl<C> Inner<C> {
         w.tx.wake()?;
         Ok((index, conn))
     }
+
+    /// `index`, or the next watcher whose thread is still running: one whose
+    /// handler panicked is skipped rather than refusing everything sent its way.
+    pub(crate) fn live_from(&self, index: usize) -> Result<usize> {
+        self.live_from_except(index, None)
+    }
+
+    /// As `live_from`, never choosing `except` (a watcher on its way out).
+    pub(crate) fn live_from_except(&self, index: usize, except: Option<usize>) -> Result<usize> {
+        let n = self.workers.len();
+        let live = (0..n)
+            .map(|k| (index + k) % n)
+            .find(|&i| Some(i) != except && !self.workers[i].tx.is_closed())
+            .ok_or(Error::WatcherClosed)?;
+        if live != index {
+            tracing::warn!(
+                dead = index,
+                to = live,
+                "gaio-pool: watcher is gone; sent to another"
+            );
+        }
+        Ok(live)
+    }
 }
 
 /// Configures a [`Pool`].
@@ -244,6 +510,7 @@ pub struct Builder {
     pin: bool,
     swap: usize,
     busy_poll: Option<Duration>,
+    write_limit: Option<usize>,
     balancer: BalancerKind,
     grace: Duration,
 }
@@ -255,6 +522,7 @@ impl Default for Builder {
             pin: true,
             swap: 64 * 1024,
             busy_poll: None,
+            write_limit: None,
             balancer: BalancerKind::RoundRobin,
             grace: Duration::from_secs(5),
         }
@@ -288,6 +556,14 @@ impl Builder {
         self
     }
 
+    /// Bound on the bytes queued for writing per connection (see
+    /// `gaio_core::Builder::write_limit`; default none): a write past it fails
+    /// with [`Error::WriteLimit`], the sign of a peer that stopped reading.
+    pub fn write_limit(mut self, bytes: Option<usize>) -> Builder {
+        self.write_limit = bytes;
+        self
+    }
+
     /// The built-in balancer to start with (default round-robin); replace it at any
     /// time with [`Pool::set_balancer`].
     pub fn balancer(mut self, kind: BalancerKind) -> Builder {
@@ -302,17 +578,18 @@ impl Builder {
     }
 
     /// Starts the watcher threads (`gaio-w0`, `gaio-w1`, …). `factory(i)` runs on
-    /// thread `i` and builds its handler.
+    /// thread `i` and builds its handler, which then gets [`Event::Started`].
     ///
     /// # Errors
     /// [`Error::Io`] of kind `InvalidInput` for [`watchers(0)`](Self::watchers);
     /// when a watcher cannot be created (out of fds, invalid swap size) or a thread
     /// cannot be spawned.
-    pub fn build<C, F, H>(self, factory: F) -> Result<Pool<C>>
+    pub fn build<C, M, F, H>(self, factory: F) -> Result<Pool<C, M>>
     where
         C: Send + 'static,
+        M: Send + 'static,
         F: Fn(usize) -> H + Send + Sync + 'static,
-        H: Handler<C>,
+        H: Handler<C, M>,
     {
         if self.watchers == Some(0) {
             return Err(Error::Io(std::io::Error::new(
@@ -330,120 +607,130 @@ impl Builder {
                 "gaio-pool: more watchers than cores; not pinning"
             );
         }
-        let factory = Arc::new(factory);
-        let mut workers: Vec<Arc<Worker<C>>> = Vec::with_capacity(n);
-        let mut threads = Vec::with_capacity(n);
-        let mut core_of = Vec::with_capacity(n);
-        let mut start = || -> Result<()> {
-            for i in 0..n {
-                let core = if pin { cores.get(i).copied() } else { None };
-                let mut b = gaio_core::Watcher::builder()
-                    .swap_buffer(self.swap)
-                    .busy_poll(self.busy_poll);
-                if let Some(c) = core {
+        // Every watcher first (dropping them on error closes what was made), then
+        // the shared state, then the threads.
+        let mut watchers = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut b = gaio_core::Watcher::builder()
+                .swap_buffer(self.swap)
+                .busy_poll(self.busy_poll)
+                .write_limit(self.write_limit);
+            if pin {
+                if let Some(&c) = cores.get(i) {
                     b = b.cpu(c);
                 }
-                let w: Watcher<C> = b.build()?;
-                let worker = Arc::new(Worker {
-                    tx: w.submitter(),
-                    new_conns: SegQueue::new(),
-                    counters: Arc::new(Counters {
-                        conns: w.submitter().conn_counts(),
-                        accepts: AtomicU64::new(0),
-                    }),
-                    stop: AtomicBool::new(false),
-                    grace_nanos: AtomicU64::new(0),
-                });
-                let f = factory.clone();
-                let wk = worker.clone();
-                let t = std::thread::Builder::new()
-                    .name(format!("gaio-w{i}"))
-                    .spawn(move || run_watcher(i, w, &wk, f(i)))
-                    .map_err(Error::Io)?;
-                workers.push(worker);
-                threads.push(t);
-                core_of.push(core);
             }
-            Ok(())
-        };
-        if let Err(e) = start() {
-            // Stop the watchers already running: nobody else can.
-            for w in &workers {
-                w.stop.store(true, Ordering::Release);
-                let _ = w.tx.wake();
-            }
-            for t in threads {
-                let _ = t.join();
-            }
-            return Err(e);
+            watchers.push(b.build()?);
         }
-        let counters = workers.iter().map(|w| w.counters.clone()).collect();
-        Ok(Pool {
+        let workers: Vec<Worker<C, M>> = watchers
+            .iter()
+            .map(|w: &Watcher<Ctx<C>>| Worker {
+                tx: w.submitter(),
+                new_conns: SegQueue::new(),
+                messages: SegQueue::new(),
+                counters: Arc::new(Counters {
+                    conns: w.submitter().conn_counts(),
+                    listeners: AtomicUsize::new(0),
+                    accepts: AtomicU64::new(0),
+                    messages: AtomicU64::new(0),
+                }),
+                stop: AtomicBool::new(false),
+                grace_nanos: AtomicU64::new(0),
+            })
+            .collect();
+        let handle = Handle {
             inner: Arc::new(Inner {
+                counters: workers.iter().map(|w| w.counters.clone()).collect(),
                 workers,
-                counters,
                 balancer: ArcSwap::from_pointee(self.balancer.build()),
                 closed: AtomicBool::new(false),
-                cores: core_of,
+                listeners: Mutex::new(Vec::new()),
+                next_listener: AtomicUsize::new(0),
             }),
-            threads,
-            acceptors: Mutex::new(Vec::new()),
+        };
+        let factory = Arc::new(factory);
+        let mut pool = Pool {
+            handle,
+            threads: Vec::with_capacity(n),
             grace: self.grace,
-        })
+        };
+        for (i, w) in watchers.into_iter().enumerate() {
+            let f = factory.clone();
+            let h = pool.handle.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("gaio-w{i}"))
+                .spawn(move || run_watcher(i, w, &h, f(i)));
+            match t {
+                Ok(t) => pool.threads.push(t),
+                // Dropping the pool stops the threads already running.
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+        Ok(pool)
     }
 }
 
-/// N watchers on N threads. See the [crate docs](crate).
-pub struct Pool<C> {
-    inner: Arc<Inner<C>>,
+/// N watchers on N threads. See the [crate docs](crate). Dereferences to its
+/// [`Handle`] (requests, messages, stats).
+pub struct Pool<C, M = ()> {
+    handle: Handle<C, M>,
     threads: Vec<JoinHandle<()>>,
-    acceptors: Mutex<Vec<Acceptor>>,
     grace: Duration,
 }
 
-impl<C> std::fmt::Debug for Pool<C> {
+impl<C, M> std::fmt::Debug for Pool<C, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("watchers", &self.inner.workers.len())
+            .field("watchers", &self.handle.inner.workers.len())
             .field("threads", &self.threads.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Pool<()> {
-    /// A [`Builder`]; the context type comes from the handler.
+    /// A [`Builder`]; the context and message types come from the handler.
     pub fn builder() -> Builder {
         Builder::default()
     }
 }
 
-impl<C: Send + 'static> Pool<C> {
-    /// Number of watchers.
-    pub fn watchers(&self) -> usize {
-        self.inner.workers.len()
+impl<C, M> std::ops::Deref for Pool<C, M> {
+    type Target = Handle<C, M>;
+
+    fn deref(&self) -> &Handle<C, M> {
+        &self.handle
+    }
+}
+
+impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
+    /// A handle for other threads (`Clone + Send + Sync`); it outlives the pool
+    /// harmlessly (requests then fail with [`Error::WatcherClosed`]).
+    pub fn handle(&self) -> Handle<C, M> {
+        self.handle.clone()
     }
 
-    /// Accepts on `addr` with one listener; the active balancer picks a watcher for
-    /// each connection. Returns the bound address (useful with port 0).
+    /// Listens on `addr` with one listener, accepted on by one watcher (the
+    /// next in turn for each `listen` call); the active balancer picks the
+    /// watcher of each connection, which gets it without any thread in between.
+    /// Returns the bound address (useful with port 0).
     ///
     /// # Errors
     /// When binding fails, or after shutdown.
     pub fn listen(&self, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
         let addr = resolve(addr)?;
-        let l = acceptor::bind(addr, false)?;
+        let inner = &self.handle.inner;
+        let l = listen::bind(addr, false)?;
         let local = l.local_addr()?;
-        let a = Acceptor::spawn(l, None, None, self.inner.clone())?;
-        self.acceptors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(a);
+        let n = inner.workers.len();
+        let index = inner.live_from(inner.next_listener.fetch_add(1, Ordering::Relaxed) % n)?;
+        listen::start(inner, index, l.into(), true)?;
         Ok(local)
     }
 
-    /// Accepts on `addr` with one SO_REUSEPORT listener per watcher, each accepting
-    /// only for its own watcher (on the watcher's core when pinned), so the kernel
-    /// spreads connections and each stays on the core that accepted it. Returns
-    /// the bound address.
+    /// Listens on `addr` with one SO_REUSEPORT listener per watcher, each
+    /// accepted on by its own watcher (on the watcher's core when pinned), so the
+    /// kernel spreads connections and each stays on the core that accepted it.
+    /// Returns the bound address.
     ///
     /// # Errors
     /// When binding fails, or after shutdown.
@@ -451,18 +738,12 @@ impl<C: Send + 'static> Pool<C> {
         let mut addr = resolve(addr)?;
         let mut listeners = Vec::new();
         for _ in 0..self.watchers() {
-            let l = acceptor::bind(addr, true)?;
+            let l = listen::bind(addr, true)?;
             addr = l.local_addr()?; // port 0: the others join the port the first got
             listeners.push(l);
         }
-        let mut acc = self.acceptors.lock().unwrap_or_else(|e| e.into_inner());
         for (i, l) in listeners.into_iter().enumerate() {
-            acc.push(Acceptor::spawn(
-                l,
-                Some(i),
-                self.inner.cores[i],
-                self.inner.clone(),
-            )?);
+            listen::start(&self.handle.inner, i, l.into(), false)?;
         }
         Ok(addr)
     }
@@ -480,34 +761,16 @@ impl<C: Send + 'static> Pool<C> {
             .peer_addr()
             .ok()
             .and_then(|a| a.as_socket());
-        self.inner.dispatch(fd, peer, None, false)
+        self.handle.inner.dispatch(fd, peer, None, false)
     }
 
     /// Replaces the balancer; the next accepted connection uses the new one. No
     /// lock is taken on the accept path.
     pub fn set_balancer(&self, balancer: impl Balancer) {
-        self.inner.balancer.store(Arc::new(Box::new(balancer)));
-    }
-
-    /// Per-watcher figures (published by each watcher after every batch and
-    /// whenever it goes idle).
-    pub fn stats(&self) -> Vec<WatcherStats> {
-        self.inner
-            .workers
-            .iter()
-            .enumerate()
-            .map(|(index, w)| {
-                let st = w.tx.stats();
-                WatcherStats {
-                    index,
-                    live_conns: w.counters.live_conns(),
-                    pending_reads: st.pending_reads,
-                    pending_writes: st.pending_writes,
-                    completions: st.completions,
-                    accepts: w.counters.accepts.load(Ordering::Relaxed),
-                }
-            })
-            .collect()
+        self.handle
+            .inner
+            .balancer
+            .store(Arc::new(Box::new(balancer)));
     }
 
     /// Stops accepting, lets pending writes finish for up to `grace`, then frees
@@ -524,19 +787,21 @@ impl<C: Send + 'static> Pool<C> {
     }
 }
 
-impl<C> Pool<C> {
+impl<C, M> Pool<C, M> {
     /// Stops everything; returns the first handler panic, if any.
     fn stop(&mut self, grace: Duration) -> Option<Box<dyn std::any::Any + Send>> {
-        if self.inner.closed.swap(true, Ordering::AcqRel) {
+        let inner = &self.handle.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let acceptors =
-            std::mem::take(&mut *self.acceptors.lock().unwrap_or_else(|e| e.into_inner()));
-        for a in acceptors {
-            a.stop();
+        // The listeners go first: their pending accepts end, nothing new comes.
+        let listeners =
+            std::mem::take(&mut *inner.listeners.lock().unwrap_or_else(|e| e.into_inner()));
+        for (i, l, _) in listeners {
+            let _ = inner.workers[i].tx.free(l);
         }
         let nanos = grace.as_nanos().min(u128::from(u64::MAX)) as u64;
-        for w in &self.inner.workers {
+        for w in &inner.workers {
             w.grace_nanos.store(nanos, Ordering::Relaxed);
             w.stop.store(true, Ordering::Release);
             let _ = w.tx.wake();
@@ -552,7 +817,7 @@ impl<C> Pool<C> {
     }
 }
 
-impl<C> Drop for Pool<C> {
+impl<C, M> Drop for Pool<C, M> {
     fn drop(&mut self) {
         let grace = self.grace;
         // Dropping must not panic (it may run during unwinding); the panic was
@@ -570,26 +835,44 @@ fn resolve(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
     })
 }
 
-/// One batch: completions, then connections handed over since the last batch.
-/// Returns how many events the handler saw.
-fn turn<C, H: Handler<C>>(
+/// One batch: completions, then connections handed over since the last batch,
+/// then messages. Returns how many events the handler saw.
+fn turn<C, M, H: Handler<C, M>>(
     index: usize,
-    w: &mut Watcher<C>,
-    worker: &Worker<C>,
+    w: &mut Watcher<Ctx<C>>,
+    pool: &Handle<C, M>,
     handler: &mut H,
     timeout: Option<Duration>,
 ) -> Result<usize> {
+    let id = w.submitter().id();
     let batch = match timeout {
         None => w.wait_io()?,
         Some(t) => w.wait_io_timeout(t)?,
     };
     let io = Io {
         index,
+        id,
         local: batch.local(),
-        tx: &worker.tx,
+        pool,
     };
+    let worker = &pool.inner.workers[index];
     let mut events = 0;
     for res in batch {
+        let ctx = match res.ctx {
+            Ctx::User(ctx) => ctx,
+            Ctx::Accept(balanced) => {
+                listen::accepted(&io, res, balanced, handler);
+                continue;
+            }
+        };
+        let res = Completion {
+            op: res.op,
+            conn: res.conn,
+            ctx,
+            size: res.size,
+            result: res.result,
+            buffer: res.buffer,
+        };
         handler.handle(&io, Event::Completed(res));
         events += 1;
     }
@@ -597,20 +880,69 @@ fn turn<C, H: Handler<C>>(
         handler.handle(&io, Event::Connected { conn, peer });
         events += 1;
     }
+    // Only those queued now: a sender that never stops cannot hold the watcher.
+    for _ in 0..worker.messages.len() {
+        let Some(msg) = worker.messages.pop() else {
+            break;
+        };
+        worker.counters.messages.fetch_add(1, Ordering::Relaxed);
+        handler.handle(&io, Event::Message(msg));
+        events += 1;
+    }
     Ok(events)
 }
 
-fn run_watcher<C, H: Handler<C>>(
+fn run_watcher<C, M, H: Handler<C, M>>(
     index: usize,
-    mut w: Watcher<C>,
-    worker: &Worker<C>,
+    mut w: Watcher<Ctx<C>>,
+    pool: &Handle<C, M>,
     mut handler: H,
 ) {
-    while !worker.stop.load(Ordering::Acquire) {
-        if let Err(e) = turn(index, &mut w, worker, &mut handler, None) {
+    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(index, &mut w, pool, &mut handler)
+    }));
+    let failed = match &served {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => {
             tracing::error!(watcher = index, error = %e, "gaio-pool: watcher failed");
-            return;
+            true
         }
+        Err(_) => {
+            tracing::error!(
+                watcher = index,
+                "gaio-pool: handler panicked; watcher stopped"
+            );
+            true
+        }
+    };
+    if failed && !pool.inner.closed.load(Ordering::Acquire) {
+        // Its listeners must not die with it: the others keep accepting.
+        listen::rehome(index, &mut w, &pool.inner);
+    }
+    let _ = w.close();
+    if let Err(panic) = served {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A watcher's life: `Started`, turns until the pool stops, then the graceful
+/// end. `Err` when the watcher itself failed.
+fn serve<C, M, H: Handler<C, M>>(
+    index: usize,
+    w: &mut Watcher<Ctx<C>>,
+    pool: &Handle<C, M>,
+    handler: &mut H,
+) -> Result<()> {
+    let worker = &pool.inner.workers[index];
+    let io = Io {
+        index,
+        id: w.submitter().id(),
+        local: w.local(),
+        pool,
+    };
+    handler.handle(&io, Event::Started);
+    while !worker.stop.load(Ordering::Acquire) {
+        turn(index, w, pool, handler, None)?;
     }
     // Graceful part 1: let pending writes finish within the grace period. The
     // first turn does not wait: it runs what the handler queued, so it counts.
@@ -618,7 +950,7 @@ fn run_watcher<C, H: Handler<C>>(
     let until = Instant::now() + grace;
     let mut wait = Duration::ZERO;
     loop {
-        if turn(index, &mut w, worker, &mut handler, Some(wait)).is_err() {
+        if turn(index, w, pool, handler, Some(wait)).is_err() {
             break;
         }
         wait = until.saturating_duration_since(Instant::now());
@@ -633,12 +965,12 @@ fn run_watcher<C, H: Handler<C>>(
     let hard = until.max(Instant::now() + Duration::from_millis(100));
     loop {
         let _ = w.free_all();
-        match turn(index, &mut w, worker, &mut handler, Some(Duration::ZERO)) {
+        match turn(index, w, pool, handler, Some(Duration::ZERO)) {
             Ok(0) | Err(_) => break,
             Ok(_) if Instant::now() >= hard => break,
             Ok(_) => {}
         }
     }
-    let _ = w.close();
     tracing::debug!(watcher = index, "gaio-pool: watcher stopped");
+    Ok(())
 }

@@ -46,6 +46,7 @@ fn shutdown_with_1000_live_conns_and_pending_writes() {
                         f.fetch_add(1, Ordering::SeqCst);
                     }
                 }
+                _ => {}
             }
         })
         .unwrap();

@@ -8,10 +8,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use gaio_core::Op;
-use gaio_pool::{Builder, Event, Io, Pool};
+use gaio_pool::{Balancer, Builder, Event, Io, Loads, Pool};
 pub use gaio_testkit::{PATIENCE, fd_count, pattern, raise_fd_limit, serial};
 
-/// Threads the pool started (it names them `gaio-w{N}` and `gaio-accept…`).
+/// Threads the pool started (it names them `gaio-w{N}`).
 pub fn thread_count() -> usize {
     gaio_testkit::thread_count("gaio-")
 }
@@ -46,6 +46,7 @@ pub fn echo_pool(builder: Builder, notes: Sender<Note>) -> Pool<()> {
                         return;
                     }
                     Event::Completed(res) => res,
+                    _ => return,
                 };
                 match res.op {
                     Op::Read if res.result.is_ok() && res.size > 0 => {
@@ -117,4 +118,14 @@ pub fn echo_once(c: &mut TcpStream, msg: &[u8]) {
     let mut got = vec![0; msg.len()];
     c.read_exact(&mut got).unwrap();
     assert_eq!(got, msg);
+}
+
+/// A balancer that sends everything to one watcher.
+pub struct Always(pub usize);
+
+impl Balancer for Always {
+    fn pick(&self, _: Option<SocketAddr>, loads: &Loads<'_>) -> usize {
+        assert!(self.0 < loads.len());
+        self.0
+    }
 }
