@@ -6,7 +6,7 @@
 //! * [`core`] (`gaio-core`): the [`Watcher`] — register connections, submit reads
 //!   and writes, collect completions in batches;
 //! * [`pool`] (`gaio-pool`): several watchers on pinned threads with load balancing,
-//!   SO_REUSEPORT acceptors and graceful shutdown.
+//!   listeners inside the watchers, routing, messages and graceful shutdown.
 //!
 //! The most used names are re-exported at the top level. See the README for the
 //! echo server and the [`Watcher`] docs for the rules.

@@ -103,6 +103,17 @@ fn bad_flags_are_one_line_usage_errors_with_exit_2() {
         ("echo", &["--listen", "nowhere"], "echo: --listen nowhere:"),
         ("echo", &["--swap", "0"], "echo: --swap 0:"),
         ("echo", &["--busy-poll"], "echo: --busy-poll needs a value"),
+        ("chat", &[], "chat: --listen ADDR is required"),
+        (
+            "chat",
+            &["--listen", "127.0.0.1:0", "--watchers", "0"],
+            "chat: --watchers 0:",
+        ),
+        (
+            "chat",
+            &["--listen", "127.0.0.1:0", "--queue", "x"],
+            "chat: --queue x:",
+        ),
     ];
     for (name, args, first_line) in cases {
         let out = Command::new(example(name)).args(*args).output().unwrap();
@@ -118,7 +129,7 @@ fn bad_flags_are_one_line_usage_errors_with_exit_2() {
 
 #[test]
 fn help_exits_0_without_serving() {
-    for name in ["echo", "echo-pool"] {
+    for name in ["echo", "echo-pool", "chat"] {
         let out = Command::new(example(name)).arg("--help").output().unwrap();
         assert!(out.status.success(), "{name} --help: {}", out.status);
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage:"));
@@ -129,7 +140,7 @@ fn help_exits_0_without_serving() {
 fn listen_errors_name_the_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    for name in ["echo", "echo-pool"] {
+    for name in ["echo", "echo-pool", "chat"] {
         let out = Command::new(example(name))
             .args(["--listen", &addr])
             .output()
@@ -154,10 +165,15 @@ impl Drop for Server {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` figure of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
@@ -324,5 +340,310 @@ fn push_sends_every_client_the_same_lines_and_drops_a_stuck_one() {
             last.iter().filter(|t| tail.contains(t)).count() >= 1,
             "readers saw different lines"
         );
+    }
+}
+
+/// A chat client: its stream, and a reader thread handing over every line.
+struct ChatClient {
+    stream: TcpStream,
+    lines: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+}
+
+impl ChatClient {
+    fn connect(addr: SocketAddr) -> ChatClient {
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) => return, // EOF: the channel closes
+                    Ok(_) => {
+                        if tx.send(Ok(line)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => return drop(tx.send(Err(e))),
+                }
+            }
+        });
+        ChatClient { stream, lines }
+    }
+
+    fn send(&mut self, line: &[u8]) {
+        self.stream.write_all(line).unwrap();
+    }
+
+    /// The next line, within 30 s; `None` once the server closed the connection.
+    fn next(&self) -> Option<Vec<u8>> {
+        match self.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(line)) => Some(line),
+            Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(e) => panic!("no line within 30 s: {e}"),
+        }
+    }
+
+    /// Skips lines until one equal to `want` arrives.
+    fn wait_for(&self, want: &[u8]) {
+        while self.next().expect("connection open") != want {}
+    }
+
+    /// The next line that is not a control line (`#…`).
+    fn next_data(&self) -> Option<Vec<u8>> {
+        loop {
+            match self.next() {
+                Some(l) if l.starts_with(b"#") => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Connects `n` clients and returns once the server has registered all of
+/// them: each new client's line reaches client 0 (client 1 repeats its line
+/// until client 0 is registered too). Control lines start with `#`.
+fn chat_room(addr: SocketAddr, n: usize) -> Vec<ChatClient> {
+    let mut room = vec![ChatClient::connect(addr), ChatClient::connect(addr)];
+    loop {
+        room[1].send(b"#sync\n");
+        match room[0].lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(_)) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            other => panic!("client 0: {other:?}"),
+        }
+    }
+    for k in 2..n {
+        let mut c = ChatClient::connect(addr);
+        let join = format!("#join {k}\n");
+        c.send(join.as_bytes());
+        room[0].wait_for(join.as_bytes());
+        room.push(c);
+    }
+    room
+}
+
+/// Line `j` of client `i`: a few bytes to 4,096 (the maximum) before the `\n`.
+fn chat_line(i: usize, j: usize) -> Vec<u8> {
+    let len = match j % 50 {
+        0 => 4096,
+        k => 20 + (i * 131 + j * 37 + k) % 600,
+    };
+    let head = format!("{i} {j} ");
+    let mut line = head.into_bytes();
+    while line.len() < len {
+        line.push(b'a' + ((line.len() + i + j) % 26) as u8);
+    }
+    line.push(b'\n');
+    line
+}
+
+/// The chat contract with 2 watchers in both listening modes: every line of
+/// every sender reaches every other client unchanged and in order, never its
+/// sender.
+#[test]
+fn chat_delivers_every_line_to_every_other_client() {
+    const CLIENTS: usize = 8;
+    const LINES: usize = 300;
+    for mode in [&[][..], &["--reuseport"][..]] {
+        let mut args = vec!["--watchers", "2"];
+        args.extend_from_slice(mode);
+        let (chat, addr) = start("chat", &args);
+        let _chat = Server(chat);
+        let room = chat_room(addr, CLIENTS);
+        let mut writers = Vec::new();
+        let mut readers = Vec::new();
+        for (i, c) in room.into_iter().enumerate() {
+            let mut out = c.stream.try_clone().unwrap();
+            writers.push(std::thread::spawn(move || {
+                for j in 0..LINES {
+                    out.write_all(&chat_line(i, j)).unwrap();
+                }
+            }));
+            readers.push(std::thread::spawn(move || {
+                let mut next = [0usize; CLIENTS];
+                let mut left = (CLIENTS - 1) * LINES;
+                while left > 0 {
+                    let line = c.next().unwrap_or_else(|| panic!("client {i} closed"));
+                    if line.starts_with(b"#") {
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    let mut parts = text.split(' ');
+                    let from: usize = parts.next().unwrap().parse().unwrap();
+                    let j: usize = parts.next().unwrap().parse().unwrap();
+                    assert_ne!(from, i, "client {i} got its own line back");
+                    assert_eq!(j, next[from], "client {i}: lines of {from} out of order");
+                    assert_eq!(line, chat_line(from, j), "client {i}: line changed");
+                    next[from] += 1;
+                    left -= 1;
+                }
+                c
+            }));
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        let _room: Vec<ChatClient> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    }
+}
+
+/// A client that stops reading is disconnected without holding back the
+/// others; a line over 4,096 bytes closes its sender; 4,096 exactly is fine.
+#[test]
+fn chat_drops_a_stuck_client_and_a_too_long_line() {
+    let (chat, addr) = start("chat", &["--watchers", "2"]);
+    let _chat = Server(chat);
+    let mut room = chat_room(addr, 2);
+    // A client with a 4 KiB receive window that never reads.
+    let mut stuck = {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect(&addr.into()).unwrap();
+        TcpStream::from(s)
+    };
+    stuck.write_all(b"#join stuck\n").unwrap();
+    room[0].wait_for(b"#join stuck\n");
+    let line = [vec![b'x'; 4000], vec![b'\n']].concat();
+    // Client 1 keeps getting every line while the stuck client's queue fills.
+    // Then draining what the stuck one holds must end in EOF or a reset; if
+    // it was not dropped yet, draining let it catch up: look again after
+    // twice as many lines.
+    stuck.set_nonblocking(true).unwrap();
+    let (mut sent, mut next_look) = (0, 1000);
+    let dropped = loop {
+        while sent < next_look {
+            room[0].send(&line);
+            let got = room[1].next_data().expect("client 1 connected");
+            assert!(got == line, "line {sent}: got {} bytes", got.len());
+            sent += 1;
+        }
+        let mut sink = vec![0u8; 1 << 16];
+        let gone = loop {
+            match stuck.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true, // reset
+            }
+        };
+        if gone || next_look >= 32_000 {
+            break gone;
+        }
+        next_look *= 2;
+    };
+    assert!(dropped, "the stuck client was never disconnected");
+    // 4,096 bytes before the `\n` is a line; 4,097 closes the sender.
+    let max = [vec![b'm'; 4096], vec![b'\n']].concat();
+    room[0].send(&max);
+    room[1].wait_for(&max);
+    room[0].send(&[vec![b'o'; 4097], vec![b'\n']].concat());
+    if let Some(l) = room[0].next() {
+        panic!("client 0 got {} bytes after its too-long line", l.len());
+    }
+    room[1].send(b"still here\n");
+    let c3 = ChatClient::connect(addr);
+    let _ = c3; // the server keeps serving new clients too
+    // Client 1 never saw the long line: nothing arrives but what others send.
+    let mut c4 = ChatClient::connect(addr);
+    loop {
+        c4.send(b"#ping\n");
+        match room[1].lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(Ok(l)) => {
+                assert!(l.starts_with(b"#ping"), "client 1 got {l:?}");
+                break;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            other => panic!("client 1: {other:?}"),
+        }
+    }
+}
+
+/// 1,000 clients connected, lines flowing, and some clients not reading: the
+/// server stays under 64 MiB of RSS.
+#[test]
+fn chat_with_1000_clients_stays_under_64_mib() {
+    gaio_testkit::raise_fd_limit();
+    let (chat, addr) = start("chat", &["--watchers", "2"]);
+    let chat = Server(chat);
+    let mut room = chat_room(addr, 20);
+    // 980 more that never read, with 4 KiB receive windows: their queues on
+    // the server fill up to the bound.
+    let idle: Vec<TcpStream> = (0..980)
+        .map(|_| {
+            use socket2::{Domain, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+            s.connect(&addr.into()).unwrap();
+            TcpStream::from(s)
+        })
+        .collect();
+    // 1,000 lines of 1 KB, one at a time (each reaches client 1 before the
+    // next is sent), so the idle clients' queues grow a write per line: past
+    // the kernel's buffers and then the bound of 256 queued writes.
+    for round in 0..1000 {
+        let line = format!("{round:06} {}\n", "z".repeat(993));
+        room[round % 20].send(line.as_bytes());
+        room[(round + 1) % 20].wait_for(line.as_bytes());
+    }
+    // The peak, not just the end state.
+    let rss = status_kib(chat.0.id(), "VmHWM:");
+    eprintln!("chat: peak RSS {rss} KiB with 1,000 clients");
+    assert!(rss < 64 * 1024, "peak RSS {rss} KiB with 1,000 clients");
+    // They were disconnected at the bound: draining ends in EOF or a reset,
+    // before all 1 MB arrived.
+    for (i, mut c) in idle.into_iter().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut sink = vec![0u8; 1 << 16];
+        let mut total = 0;
+        loop {
+            match c.read(&mut sink) {
+                Ok(0) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    panic!("idle client {i} still connected")
+                }
+                Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        assert!(total < 1000 * 1000, "idle client {i} got {total} bytes");
+    }
+    // The room goes on.
+    room[3].send(b"after\n");
+    room[4].wait_for(b"after\n");
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// The pool's listeners live inside the watchers: `--watchers N` means N
+/// threads plus main, in both listening modes, while serving.
+#[test]
+fn pool_examples_run_n_watcher_threads_plus_main() {
+    for (name, extra) in [
+        ("echo-pool", &[][..]),
+        ("echo-pool", &["--reuseport"][..]),
+        ("chat", &[][..]),
+        ("chat", &["--reuseport"][..]),
+    ] {
+        for n in ["1", "3"] {
+            let mut args = vec!["--watchers", n, "--no-pin"];
+            if name == "chat" {
+                args.pop();
+            }
+            args.extend_from_slice(extra);
+            let (child, addr) = start(name, &args);
+            let server = Server(child);
+            let _c = TcpStream::connect(addr).unwrap();
+            if name == "echo-pool" {
+                echo_through(addr);
+            }
+            let want: usize = n.parse::<usize>().unwrap() + 1;
+            assert_eq!(threads_of(server.0.id()), want, "{name} {args:?}");
+        }
     }
 }

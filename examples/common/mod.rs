@@ -2,7 +2,8 @@
 //! flags validated up front, one-line errors that name the flag or address they
 //! concern, exit status 2 for usage errors and 1 for failures, and a tracing
 //! subscriber (honouring `RUST_LOG`, default `warn`) so the library's warnings reach
-//! the terminal.
+//! the terminal, and the soft fd limit raised to the hard one (as Go does at
+//! start-up), so a server is not stopped at 1,024 connections.
 #![allow(dead_code)] // each example uses part of it
 
 use std::fmt::Display;
@@ -19,9 +20,11 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Reads the process arguments and installs the tracing subscriber.
+    /// Reads the process arguments, installs the tracing subscriber and raises
+    /// the soft fd limit.
     pub fn new(prog: &'static str, usage: &'static str) -> Cli {
         init_tracing();
+        raise_fd_limit();
         Cli {
             prog,
             usage,
@@ -155,4 +158,19 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Soft `RLIMIT_NOFILE` up to the hard limit; failure only means fewer clients.
+fn raise_fd_limit() {
+    // SAFETY: rlimit is plain data for which all-zeroes is valid; getrlimit and
+    // setrlimit only read and write the struct passed by reference.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                eprintln!("warning: could not raise the fd limit");
+            }
+        }
+    }
 }

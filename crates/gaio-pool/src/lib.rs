@@ -77,7 +77,7 @@ mod balancer;
 mod listen;
 mod route;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -717,10 +717,29 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
     /// # Errors
     /// When binding fails, or after shutdown.
     pub fn listen(&self, addr: impl ToSocketAddrs) -> Result<SocketAddr> {
-        let addr = resolve(addr)?;
+        self.listen_on(listen::bind(resolve(addr)?, false)?)
+    }
+
+    /// As [`listen`](Self::listen), on a listener the application bound itself,
+    /// for socket options of its own: on Linux, accepted connections inherit
+    /// `SO_SNDBUF`, `SO_RCVBUF` and `TCP_NODELAY` from their listener. It must
+    /// be listening already; it is made nonblocking.
+    ///
+    /// ```no_run
+    /// # let pool = gaio_pool::Pool::builder().build(|_| |_: &gaio_pool::Io<()>, _: gaio_pool::Event<'_, ()>| {})?;
+    /// let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// socket2::SockRef::from(&l).set_send_buffer_size(64 << 10)?; // per client
+    /// let addr = pool.listen_on(l)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// When the socket is not a listener the watcher can take, or after
+    /// shutdown.
+    pub fn listen_on(&self, listener: TcpListener) -> Result<SocketAddr> {
         let inner = &self.handle.inner;
-        let l = listen::bind(addr, false)?;
-        let local = l.local_addr()?;
+        let local = listener.local_addr()?;
+        let l = listener;
         let n = inner.workers.len();
         let index = inner.live_from(inner.next_listener.fetch_add(1, Ordering::Relaxed) % n)?;
         listen::start(inner, index, l.into(), true)?;
@@ -742,10 +761,32 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
             addr = l.local_addr()?; // port 0: the others join the port the first got
             listeners.push(l);
         }
+        self.listen_reuseport_on(listeners)?;
+        Ok(addr)
+    }
+
+    /// As [`listen_reuseport`](Self::listen_reuseport), on listeners the
+    /// application bound itself (SO_REUSEPORT, one per watcher, in watcher
+    /// order), for socket options of its own (see [`listen_on`](Self::listen_on)).
+    ///
+    /// # Errors
+    /// [`Error::Io`] of kind `InvalidInput` unless there is one listener per
+    /// watcher; as [`listen_on`](Self::listen_on).
+    pub fn listen_reuseport_on(&self, listeners: Vec<TcpListener>) -> Result<()> {
+        if listeners.len() != self.watchers() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} listeners for {} watchers",
+                    listeners.len(),
+                    self.watchers()
+                ),
+            )));
+        }
         for (i, l) in listeners.into_iter().enumerate() {
             listen::start(&self.handle.inner, i, l.into(), false)?;
         }
-        Ok(addr)
+        Ok(())
     }
 
     /// Hands a connection the application accepted or dialled itself (e.g. after a

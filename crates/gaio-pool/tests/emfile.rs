@@ -53,7 +53,7 @@ fn emfile_at_accept_backs_off_and_recovers() {
         first < 30,
         "the fd limit must stop some accepts (got {first})"
     );
-    // The acceptor is now out of fds with connections queued: it must not spin.
+    // The accepting watcher is now out of fds with connections queued: it must not spin.
     let cpu0 = cpu_seconds(&stat);
     let quiet = rx.recv_timeout(Duration::from_millis(700));
     let used = cpu_seconds(&stat) - cpu0;
@@ -62,7 +62,7 @@ fn emfile_at_accept_backs_off_and_recovers() {
         used < 0.35,
         "{used:.2} CPU-seconds in 0.7 s while out of fds: a busy loop"
     );
-    // Existing connections are still served while the acceptor is out of fds.
+    // Existing connections are still served while accepting is out of fds.
     assert!(first > 0);
     let c = clients
         .iter_mut()
