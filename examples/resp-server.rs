@@ -1,0 +1,877 @@
+//! A Redis-protocol (RESP2) server on gaio-pool: pipelining, inline commands,
+//! strings with expiry, lists, sets, hashes.
+//!
+//! Run: `cargo run --release --example resp-server -- --listen 127.0.0.1:0 [--watchers N]`
+//! Prints `listening on ADDR` first; then `redis-cli -p PORT` and
+//! `redis-benchmark -p PORT` work against it.
+//!
+//! The store: 64 shards, each a `Mutex<HashMap>`, picked by a hash of the key.
+//! Every watcher serves its own connections and locks only the shard of the key
+//! at hand (multi-key commands lock one shard at a time), so watchers contend
+//! only on the same shard at the same moment. Expired keys are removed when
+//! touched and are never returned.
+//!
+//! Per connection: whatever one read brings is parsed as far as it goes (a
+//! pipeline of many commands), all replies go out in one write, and the next
+//! read is submitted when that write completes (a client that pipelines without
+//! reading stalls itself, not the server). A partial command waits in a buffer
+//! of the connection's own; an idle connection holds none.
+
+mod common;
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gaio::core::{Buffer, Conn, Op};
+use gaio::pool::{Event, Io, Pool};
+
+const USAGE: &str = "\
+usage: resp-server --listen ADDR [--watchers N] [--max-bulk BYTES]
+
+  --listen ADDR       address to listen on (127.0.0.1:0: any free port)
+  --watchers N        watcher threads, at least 1 (default: the cores this process may use)
+  --max-bulk BYTES    longest bulk string accepted (default 536870912, Redis's
+                      proto-max-bulk-len); a longer one is a protocol error
+";
+
+/// Longest inline command line.
+const MAX_INLINE: usize = 64 * 1024;
+/// Most arguments in one command.
+const MAX_ARGS: usize = 1024 * 1024;
+const SHARDS: usize = 64;
+
+enum Value {
+    Str(Vec<u8>),
+    List(VecDeque<Vec<u8>>),
+    Set(HashSet<Vec<u8>>),
+    Hash(HashMap<Vec<u8>, Vec<u8>>),
+}
+
+struct Entry {
+    value: Value,
+    expires: Option<Instant>,
+}
+
+type Shard = HashMap<Vec<u8>, Entry>;
+
+struct Store {
+    shards: Vec<Mutex<Shard>>,
+    hasher: std::hash::RandomState,
+}
+
+impl Store {
+    fn new() -> Store {
+        Store {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The live entry of `key`, removing it first if it has expired.
+fn live<'s>(shard: &'s mut Shard, key: &[u8], now: Instant) -> Option<&'s mut Entry> {
+    if shard
+        .get(key)
+        .is_some_and(|e| e.expires.is_some_and(|at| at <= now))
+    {
+        shard.remove(key);
+    }
+    shard.get_mut(key)
+}
+
+/// Replies, RESP2-encoded, appended to one buffer.
+struct Out<'a>(&'a mut Vec<u8>);
+
+impl Out<'_> {
+    fn simple(&mut self, s: &str) {
+        self.0.push(b'+');
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+    }
+    fn error(&mut self, s: &str) {
+        self.0.push(b'-');
+        self.0.extend_from_slice(s.as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+    }
+    fn int(&mut self, n: i64) {
+        let _ = write!(self.0, ":{n}\r\n");
+    }
+    fn bulk(&mut self, b: &[u8]) {
+        let _ = write!(self.0, "${}\r\n", b.len());
+        self.0.extend_from_slice(b);
+        self.0.extend_from_slice(b"\r\n");
+    }
+    fn nil(&mut self) {
+        self.0.extend_from_slice(b"$-1\r\n");
+    }
+    fn nil_array(&mut self) {
+        self.0.extend_from_slice(b"*-1\r\n");
+    }
+    fn array(&mut self, n: usize) {
+        let _ = write!(self.0, "*{n}\r\n");
+    }
+    fn wrong_type(&mut self) {
+        self.error("WRONGTYPE Operation against a key holding the wrong kind of value");
+    }
+    fn not_int(&mut self) {
+        self.error("ERR value is not an integer or out of range");
+    }
+    fn syntax(&mut self) {
+        self.error("ERR syntax error");
+    }
+}
+
+/// What parsing the front of a buffer found.
+enum Parsed<'b> {
+    /// A command (its arguments) and the bytes it took.
+    Command(Vec<&'b [u8]>, usize),
+    /// Not all of it has arrived.
+    Incomplete,
+    /// Not RESP: reply with this error and close.
+    Malformed(String),
+}
+
+/// A `\r\n`-terminated line at the front of `buf`: (line, bytes with ending).
+fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let nl = buf.iter().position(|&b| b == b'\n')?;
+    let l = &buf[..nl];
+    Some((l.strip_suffix(b"\r").unwrap_or(l), nl + 1))
+}
+
+fn parse_int(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn parse(buf: &[u8], max_bulk: usize) -> Parsed<'_> {
+    if buf.first() != Some(&b'*') {
+        // Inline: words separated by spaces, up to the end of the line.
+        let Some((l, used)) = line(buf) else {
+            return if buf.len() > MAX_INLINE {
+                Parsed::Malformed("ERR Protocol error: too big inline request".into())
+            } else {
+                Parsed::Incomplete
+            };
+        };
+        let args = l
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
+        return Parsed::Command(args, used);
+    }
+    let Some((head, mut at)) = line(&buf[1..]) else {
+        return Parsed::Incomplete;
+    };
+    at += 1;
+    let n = match parse_int(head) {
+        Some(n) if (0..=MAX_ARGS as i64).contains(&n) => n as usize,
+        _ => return Parsed::Malformed("ERR Protocol error: invalid multibulk length".into()),
+    };
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rest = &buf[at..];
+        if rest.is_empty() {
+            return Parsed::Incomplete;
+        }
+        if rest[0] != b'$' {
+            let got = rest[0] as char;
+            return Parsed::Malformed(format!("ERR Protocol error: expected '$', got '{got}'"));
+        }
+        let Some((len, used)) = line(&rest[1..]) else {
+            return Parsed::Incomplete;
+        };
+        let len = match parse_int(len) {
+            Some(l) if l >= 0 && (l as u64) <= max_bulk as u64 => l as usize,
+            _ => return Parsed::Malformed("ERR Protocol error: invalid bulk length".into()),
+        };
+        let start = at + 1 + used;
+        if buf.len() < start + len + 2 {
+            return Parsed::Incomplete;
+        }
+        if &buf[start + len..start + len + 2] != b"\r\n" {
+            return Parsed::Malformed("ERR Protocol error: bulk string not ended by CRLF".into());
+        }
+        args.push(&buf[start..start + len]);
+        at = start + len + 2;
+    }
+    Parsed::Command(args, at)
+}
+
+/// What a command asks of the connection besides its reply.
+#[derive(PartialEq)]
+enum After {
+    Continue,
+    Close,
+}
+
+fn arity_error(out: &mut Out<'_>, name: &str) {
+    out.error(&format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ));
+}
+
+/// Runs one command, appending its reply.
+fn execute(store: &Store, args: &[&[u8]], out: &mut Out<'_>) -> After {
+    let Some(first) = args.first() else {
+        return After::Continue; // an empty inline line: Redis ignores it
+    };
+    let name = String::from_utf8_lossy(first).to_ascii_lowercase();
+    let argc = args.len();
+    // (minimum, maximum) argument counts, name included.
+    let arity = |min: usize, max: usize| argc >= min && argc <= max;
+    const ANY: usize = usize::MAX;
+    let ok = match name.as_str() {
+        "ping" => arity(1, 2),
+        "echo" | "get" | "incr" | "decr" | "llen" | "scard" | "ttl" => arity(2, 2),
+        "set" => arity(3, ANY),
+        "del" | "exists" | "mget" => arity(2, ANY),
+        "incrby" | "expire" | "hget" => arity(3, 3),
+        "mset" => argc >= 3 && !argc.is_multiple_of(2),
+        "lpush" | "rpush" | "sadd" => arity(3, ANY),
+        "lpop" | "rpop" | "spop" => arity(2, 3),
+        "lrange" => arity(4, 4),
+        "hset" => argc >= 4 && argc.is_multiple_of(2),
+        "dbsize" | "flushall" | "quit" => arity(1, 2) && (name == "flushall" || argc == 1),
+        "config" | "command" | "client" | "info" | "select" => arity(1, ANY),
+        _ => {
+            let mut msg = format!(
+                "ERR unknown command '{}', with args beginning with: ",
+                String::from_utf8_lossy(first)
+            );
+            for a in &args[1..] {
+                msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+            }
+            out.error(msg.trim_end());
+            return After::Continue;
+        }
+    };
+    if !ok {
+        arity_error(out, &name);
+        return After::Continue;
+    }
+    let now = Instant::now();
+    match name.as_str() {
+        "ping" => match args.get(1) {
+            Some(m) => out.bulk(m),
+            None => out.simple("PONG"),
+        },
+        "echo" => out.bulk(args[1]),
+        "quit" => {
+            out.simple("OK");
+            return After::Close;
+        }
+        "set" => set(store, args, now, out),
+        "get" => {
+            let mut s = store.shard(args[1]);
+            match live(&mut s, args[1], now) {
+                None => out.nil(),
+                Some(Entry {
+                    value: Value::Str(v),
+                    ..
+                }) => out.bulk(v),
+                Some(_) => out.wrong_type(),
+            }
+        }
+        "del" | "exists" => {
+            let mut n = 0;
+            for k in &args[1..] {
+                let mut s = store.shard(k);
+                if live(&mut s, k, now).is_some() {
+                    n += 1;
+                    if name == "del" {
+                        s.remove(*k);
+                    }
+                }
+            }
+            out.int(n);
+        }
+        "incr" | "decr" | "incrby" => {
+            let by = match name.as_str() {
+                "incr" => Some(1),
+                "decr" => Some(-1),
+                _ => parse_int(args[2]),
+            };
+            match by {
+                Some(by) => incr(store, args[1], by, now, out),
+                None => out.not_int(),
+            }
+        }
+        "mset" => {
+            for kv in args[1..].chunks(2) {
+                store.shard(kv[0]).insert(
+                    kv[0].to_vec(),
+                    Entry {
+                        value: Value::Str(kv[1].to_vec()),
+                        expires: None,
+                    },
+                );
+            }
+            out.simple("OK");
+        }
+        "mget" => {
+            out.array(argc - 1);
+            for k in &args[1..] {
+                let mut s = store.shard(k);
+                match live(&mut s, k, now) {
+                    Some(Entry {
+                        value: Value::Str(v),
+                        ..
+                    }) => out.bulk(v),
+                    _ => out.nil(),
+                }
+            }
+        }
+        "expire" => match parse_int(args[2]) {
+            None => out.not_int(),
+            Some(secs) => {
+                let mut s = store.shard(args[1]);
+                match live(&mut s, args[1], now) {
+                    None => out.int(0),
+                    Some(_) if secs <= 0 => {
+                        s.remove(args[1]);
+                        out.int(1);
+                    }
+                    Some(e) => {
+                        e.expires = now.checked_add(Duration::from_secs(secs as u64));
+                        out.int(1);
+                    }
+                }
+            }
+        },
+        "ttl" => {
+            let mut s = store.shard(args[1]);
+            match live(&mut s, args[1], now) {
+                None => out.int(-2),
+                Some(Entry { expires: None, .. }) => out.int(-1),
+                Some(Entry {
+                    expires: Some(at), ..
+                }) => out.int(((*at - now).as_millis() as i64 + 500) / 1000),
+            }
+        }
+        "lpush" | "rpush" => {
+            let mut s = store.shard(args[1]);
+            let e = live(&mut s, args[1], now);
+            let list = match e {
+                Some(Entry {
+                    value: Value::List(l),
+                    ..
+                }) => l,
+                Some(_) => return wrong_type(out),
+                None => {
+                    let e = s.entry(args[1].to_vec()).or_insert(Entry {
+                        value: Value::List(VecDeque::new()),
+                        expires: None,
+                    });
+                    let Value::List(l) = &mut e.value else {
+                        unreachable!()
+                    };
+                    l
+                }
+            };
+            for v in &args[2..] {
+                if name == "lpush" {
+                    list.push_front(v.to_vec());
+                } else {
+                    list.push_back(v.to_vec());
+                }
+            }
+            out.int(list.len() as i64);
+        }
+        "lpop" | "rpop" => {
+            let count = match args.get(2).map(|c| parse_int(c)) {
+                None => None,
+                Some(Some(c)) if c >= 0 => Some(c as usize),
+                Some(_) => {
+                    out.error("ERR value is out of range, must be positive");
+                    return After::Continue;
+                }
+            };
+            let mut s = store.shard(args[1]);
+            match live(&mut s, args[1], now) {
+                None => match count {
+                    None => out.nil(),
+                    Some(_) => out.nil_array(),
+                },
+                Some(Entry {
+                    value: Value::List(l),
+                    ..
+                }) => {
+                    let mut pop = || {
+                        if name == "lpop" {
+                            l.pop_front()
+                        } else {
+                            l.pop_back()
+                        }
+                    };
+                    match count {
+                        None => match pop() {
+                            Some(v) => out.bulk(&v),
+                            None => out.nil(),
+                        },
+                        Some(c) => {
+                            let got: Vec<Vec<u8>> = (0..c).map_while(|_| pop()).collect();
+                            out.array(got.len());
+                            for v in &got {
+                                out.bulk(v);
+                            }
+                        }
+                    }
+                    if l.is_empty() {
+                        s.remove(args[1]);
+                    }
+                }
+                Some(_) => out.wrong_type(),
+            }
+        }
+        "llen" | "scard" => {
+            let mut s = store.shard(args[1]);
+            match (name.as_str(), live(&mut s, args[1], now)) {
+                (_, None) => out.int(0),
+                (
+                    "llen",
+                    Some(Entry {
+                        value: Value::List(l),
+                        ..
+                    }),
+                ) => out.int(l.len() as i64),
+                (
+                    "scard",
+                    Some(Entry {
+                        value: Value::Set(m),
+                        ..
+                    }),
+                ) => out.int(m.len() as i64),
+                _ => out.wrong_type(),
+            }
+        }
+        "lrange" => match (parse_int(args[2]), parse_int(args[3])) {
+            (Some(start), Some(stop)) => {
+                let mut s = store.shard(args[1]);
+                match live(&mut s, args[1], now) {
+                    None => out.array(0),
+                    Some(Entry {
+                        value: Value::List(l),
+                        ..
+                    }) => {
+                        let len = l.len() as i64;
+                        let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+                        let (a, b) = (norm(start), norm(stop).min(len - 1));
+                        if a > b || a >= len {
+                            out.array(0);
+                        } else {
+                            out.array((b - a + 1) as usize);
+                            for v in l.range(a as usize..=b as usize) {
+                                out.bulk(v);
+                            }
+                        }
+                    }
+                    Some(_) => out.wrong_type(),
+                }
+            }
+            _ => out.not_int(),
+        },
+        "sadd" => {
+            let mut s = store.shard(args[1]);
+            let set = match live(&mut s, args[1], now) {
+                Some(Entry {
+                    value: Value::Set(m),
+                    ..
+                }) => m,
+                Some(_) => return wrong_type(out),
+                None => {
+                    let e = s.entry(args[1].to_vec()).or_insert(Entry {
+                        value: Value::Set(HashSet::new()),
+                        expires: None,
+                    });
+                    let Value::Set(m) = &mut e.value else {
+                        unreachable!()
+                    };
+                    m
+                }
+            };
+            let added = args[2..].iter().filter(|m| set.insert(m.to_vec())).count();
+            out.int(added as i64);
+        }
+        "spop" => {
+            let count = match args.get(2).map(|c| parse_int(c)) {
+                None => None,
+                Some(Some(c)) if c >= 0 => Some(c as usize),
+                Some(_) => {
+                    out.error("ERR value is out of range, must be positive");
+                    return After::Continue;
+                }
+            };
+            let mut s = store.shard(args[1]);
+            match live(&mut s, args[1], now) {
+                None => match count {
+                    None => out.nil(),
+                    Some(_) => out.array(0),
+                },
+                Some(Entry {
+                    value: Value::Set(m),
+                    ..
+                }) => {
+                    let take = count.unwrap_or(1).min(m.len());
+                    let picked: Vec<Vec<u8>> = m.iter().take(take).cloned().collect();
+                    for p in &picked {
+                        m.remove(p);
+                    }
+                    match count {
+                        None => out.bulk(&picked[0]),
+                        Some(_) => {
+                            out.array(picked.len());
+                            for p in &picked {
+                                out.bulk(p);
+                            }
+                        }
+                    }
+                    if m.is_empty() {
+                        s.remove(args[1]);
+                    }
+                }
+                Some(_) => out.wrong_type(),
+            }
+        }
+        "hset" => {
+            let mut s = store.shard(args[1]);
+            let hash = match live(&mut s, args[1], now) {
+                Some(Entry {
+                    value: Value::Hash(h),
+                    ..
+                }) => h,
+                Some(_) => return wrong_type(out),
+                None => {
+                    let e = s.entry(args[1].to_vec()).or_insert(Entry {
+                        value: Value::Hash(HashMap::new()),
+                        expires: None,
+                    });
+                    let Value::Hash(h) = &mut e.value else {
+                        unreachable!()
+                    };
+                    h
+                }
+            };
+            let mut added = 0;
+            for fv in args[2..].chunks(2) {
+                if hash.insert(fv[0].to_vec(), fv[1].to_vec()).is_none() {
+                    added += 1;
+                }
+            }
+            out.int(added);
+        }
+        "hget" => {
+            let mut s = store.shard(args[1]);
+            match live(&mut s, args[1], now) {
+                None => out.nil(),
+                Some(Entry {
+                    value: Value::Hash(h),
+                    ..
+                }) => match h.get(args[2]) {
+                    Some(v) => out.bulk(v),
+                    None => out.nil(),
+                },
+                Some(_) => out.wrong_type(),
+            }
+        }
+        "dbsize" => {
+            let n: usize = store
+                .shards
+                .iter()
+                .map(|s| {
+                    let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                    s.values()
+                        .filter(|e| e.expires.is_none_or(|at| at > now))
+                        .count()
+                })
+                .sum();
+            out.int(n as i64);
+        }
+        "flushall" => {
+            for s in &store.shards {
+                s.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
+            out.simple("OK");
+        }
+        "select" => match args.get(1).and_then(|d| parse_int(d)) {
+            Some(0) => out.simple("OK"),
+            _ => out.error("ERR DB index is out of range"),
+        },
+        "config" => config(args, out),
+        // redis-cli asks for command docs at start; an empty answer is valid.
+        "command" => out.array(0),
+        // CLIENT SETNAME / SETINFO and the like, sent by client libraries.
+        "client" => out.simple("OK"),
+        "info" => out.bulk(b"# Server\r\nredis_version:7.0.0\r\nredis_mode:standalone\r\n"),
+        _ => unreachable!("arity table and dispatch disagree on {name}"),
+    }
+    After::Continue
+}
+
+fn wrong_type(out: &mut Out<'_>) -> After {
+    out.wrong_type();
+    After::Continue
+}
+
+/// CONFIG GET answers what redis-benchmark asks (`save`, `appendonly`) with
+/// Redis's defaults for a memory-only server; CONFIG SET/RESETSTAT succeed.
+fn config(args: &[&[u8]], out: &mut Out<'_>) {
+    let sub = args
+        .get(1)
+        .map(|s| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    match sub.as_slice() {
+        b"get" if args.len() >= 3 => {
+            let known: &[(&str, &str)] = &[("save", ""), ("appendonly", "no"), ("databases", "1")];
+            let mut pairs = Vec::new();
+            for pat in &args[2..] {
+                let pat = String::from_utf8_lossy(pat).to_ascii_lowercase();
+                for (k, v) in known {
+                    if pat == *k || pat == "*" {
+                        pairs.push((k, v));
+                    }
+                }
+            }
+            out.array(pairs.len() * 2);
+            for (k, v) in pairs {
+                out.bulk(k.as_bytes());
+                out.bulk(v.as_bytes());
+            }
+        }
+        b"set" | b"resetstat" => out.simple("OK"),
+        _ => arity_error(out, "config|get"),
+    }
+}
+
+fn set(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) {
+    let (mut expires, mut nx, mut xx) = (None, false, false);
+    let mut i = 3;
+    while i < args.len() {
+        let opt = args[i].to_ascii_lowercase();
+        match opt.as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"ex" | b"px" if i + 1 < args.len() && expires.is_none() => {
+                let Some(n) = parse_int(args[i + 1]) else {
+                    return out.not_int();
+                };
+                if n <= 0 {
+                    return out.error("ERR invalid expire time in 'set' command");
+                }
+                let d = if opt == b"ex" {
+                    Duration::from_secs(n as u64)
+                } else {
+                    Duration::from_millis(n as u64)
+                };
+                expires = Some(now.checked_add(d));
+                i += 1;
+            }
+            _ => return out.syntax(),
+        }
+        i += 1;
+    }
+    if nx && xx {
+        return out.syntax();
+    }
+    let mut s = store.shard(args[1]);
+    let exists = live(&mut s, args[1], now).is_some();
+    if (nx && exists) || (xx && !exists) {
+        return out.nil();
+    }
+    s.insert(
+        args[1].to_vec(),
+        Entry {
+            value: Value::Str(args[2].to_vec()),
+            expires: expires.flatten(),
+        },
+    );
+    out.simple("OK");
+}
+
+fn incr(store: &Store, key: &[u8], by: i64, now: Instant, out: &mut Out<'_>) {
+    let mut s = store.shard(key);
+    let current = match live(&mut s, key, now) {
+        None => 0,
+        Some(Entry {
+            value: Value::Str(v),
+            ..
+        }) => match parse_int(v) {
+            Some(n) => n,
+            None => return out.not_int(),
+        },
+        Some(_) => return out.wrong_type(),
+    };
+    let Some(n) = current.checked_add(by) else {
+        return out.error("ERR increment or decrement would overflow");
+    };
+    match s.entry(key.to_vec()) {
+        MapEntry::Occupied(mut e) => e.get_mut().value = Value::Str(n.to_string().into_bytes()),
+        MapEntry::Vacant(e) => {
+            e.insert(Entry {
+                value: Value::Str(n.to_string().into_bytes()),
+                expires: None,
+            });
+        }
+    }
+    out.int(n);
+}
+
+#[derive(Debug)]
+enum Ctx {
+    Read,
+    Write,
+    Close,
+}
+
+/// One connection's state on its watcher.
+#[derive(Default)]
+struct Session {
+    /// The start of a command whose end has not arrived yet.
+    partial: Vec<u8>,
+}
+
+/// Parses and runs every complete command in `data`; returns the bytes taken
+/// and whether to close after the replies.
+fn serve(store: &Store, data: &[u8], max_bulk: usize, out: &mut Vec<u8>) -> (usize, After) {
+    let mut at = 0;
+    while at < data.len() {
+        match parse(&data[at..], max_bulk) {
+            Parsed::Incomplete => break,
+            Parsed::Malformed(msg) => {
+                Out(out).error(&msg);
+                return (data.len(), After::Close);
+            }
+            Parsed::Command(args, used) => {
+                at += used;
+                if execute(store, &args, &mut Out(out)) == After::Close {
+                    return (data.len(), After::Close);
+                }
+            }
+        }
+    }
+    (at, After::Continue)
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn main() {
+    let mut cli = common::Cli::new("resp-server", USAGE);
+    let mut listen: Option<SocketAddr> = None;
+    let mut builder = Pool::builder();
+    let mut max_bulk = 512 << 20;
+    while let Some(flag) = cli.next_flag() {
+        match flag.as_str() {
+            "--listen" => listen = Some(cli.addr(&flag)),
+            "--watchers" => builder = builder.watchers(cli.count(&flag)),
+            "--max-bulk" => max_bulk = cli.count(&flag),
+            other => cli.unknown(other),
+        }
+    }
+    let Some(listen) = listen else {
+        cli.usage_error("--listen ADDR is required")
+    };
+    let store = Arc::new(Store::new());
+    let pool = builder.build(move |_watcher| {
+        let store = store.clone();
+        let mut sessions: HashMap<Conn, Session> = HashMap::new();
+        let mut spare: Vec<Vec<u8>> = Vec::new();
+        move |io: &Io<Ctx>, ev: Event<'_, Ctx>| {
+            let res = match ev {
+                Event::Connected { conn, .. } => {
+                    sessions.insert(conn, Session::default());
+                    if io.read(conn, Ctx::Read, None).is_err() {
+                        sessions.remove(&conn);
+                        let _ = io.free(conn);
+                    }
+                    return;
+                }
+                Event::Completed(res) => res,
+                _ => return,
+            };
+            let conn = res.conn;
+            let next = match (res.op, &res.ctx) {
+                (Op::Read, Ctx::Read) if res.result.is_ok() && res.size > 0 => {
+                    let Some(s) = sessions.get_mut(&conn) else {
+                        return;
+                    };
+                    let mut out = spare.pop().unwrap_or_default();
+                    let after = if s.partial.is_empty() {
+                        let (used, after) = serve(&store, res.data(), max_bulk, &mut out);
+                        s.partial.extend_from_slice(&res.data()[used..]);
+                        after
+                    } else {
+                        s.partial.extend_from_slice(res.data());
+                        let (used, after) = serve(&store, &s.partial, max_bulk, &mut out);
+                        s.partial.drain(..used);
+                        after
+                    };
+                    if s.partial.is_empty() {
+                        s.partial = Vec::new(); // an idle connection holds no buffer
+                    }
+                    if after == After::Close {
+                        // Replies first, then the connection closes.
+                        let _ = io.write(conn, Ctx::Write, out);
+                        Some(io.close(conn, Ctx::Close, None))
+                    } else if out.is_empty() {
+                        Some(io.read(conn, Ctx::Read, None))
+                    } else {
+                        Some(io.write(conn, Ctx::Write, out))
+                    }
+                }
+                (Op::Write, Ctx::Write) if res.result.is_ok() => {
+                    if let Buffer::Owned(mut v) = res.buffer {
+                        if v.capacity() <= 64 << 10 {
+                            v.clear();
+                            spare.push(v);
+                        }
+                    }
+                    sessions.get(&conn).map(|_| io.read(conn, Ctx::Read, None))
+                }
+                (Op::Close, _) => {
+                    sessions.remove(&conn);
+                    None
+                }
+                // EOF, reset, or a write that failed.
+                _ => Some(Err(gaio::Error::ConnClosed)),
+            };
+            if let Some(Err(_)) = next {
+                sessions.remove(&conn);
+                let _ = io.free(conn);
+            }
+        }
+    });
+    let pool = pool.unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot start the pool: {}",
+            common::gaio_reason(&e)
+        ))
+    });
+    let addr = pool.listen(listen).unwrap_or_else(|e| {
+        cli.fail(format!(
+            "cannot listen on {listen}: {}",
+            common::gaio_reason(&e)
+        ))
+    });
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    while !INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pool.shutdown(Duration::from_secs(1));
+}
