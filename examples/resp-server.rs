@@ -58,23 +58,71 @@ struct Entry {
     expires: Option<Instant>,
 }
 
-type Shard = HashMap<Vec<u8>, Entry>;
+/// A fast keyed hash (multiply-rotate over 8-byte words, seeded per process)
+/// for the shards' maps: SipHash was the top user-space cost per request.
+#[derive(Clone, Copy)]
+struct Fast(u64);
+
+impl BuildHasher for Fast {
+    type Hasher = FastHasher;
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(self.0)
+    }
+}
+
+struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn mix(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        self.mix(u64::from_le_bytes(tail) ^ ((bytes.len() as u64) << 56));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: hashbrown and the shard pick use low bits.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type Shard = HashMap<Vec<u8>, Entry, Fast>;
 
 struct Store {
     shards: Vec<Mutex<Shard>>,
-    hasher: std::hash::RandomState,
+    hasher: Fast,
 }
 
 impl Store {
     fn new() -> Store {
+        // The seed comes from std's random keys, so collisions cannot be
+        // precomputed offline.
+        let seed = std::hash::RandomState::new().hash_one(0u64) | 1;
+        let hasher = Fast(seed);
         Store {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::hash::RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(hasher)))
+                .collect(),
+            hasher,
         }
     }
 
     fn shard(&self, key: &[u8]) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        // Bits the maps use least (hashbrown takes the low ones and the top 7).
+        let i = (self.hasher.hash_one(key) >> 32) as usize % SHARDS;
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -133,9 +181,9 @@ impl Out<'_> {
 }
 
 /// What parsing the front of a buffer found.
-enum Parsed<'b> {
-    /// A command (its arguments) and the bytes it took.
-    Command(Vec<&'b [u8]>, usize),
+enum Parsed {
+    /// A command, its arguments pushed to the caller's list; the bytes it took.
+    Command(usize),
     /// Not all of it has arrived.
     Incomplete,
     /// Not RESP: reply with this error and close.
@@ -150,10 +198,24 @@ fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
 }
 
 fn parse_int(b: &[u8]) -> Option<i64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if neg { -n } else { n })
 }
 
-fn parse(buf: &[u8], max_bulk: usize) -> Parsed<'_> {
+fn parse<'b>(buf: &'b [u8], max_bulk: usize, args: &mut Vec<&'b [u8]>) -> Parsed {
     if buf.first() != Some(&b'*') {
         // Inline: words separated by spaces, up to the end of the line.
         let Some((l, used)) = line(buf) else {
@@ -163,11 +225,11 @@ fn parse(buf: &[u8], max_bulk: usize) -> Parsed<'_> {
                 Parsed::Incomplete
             };
         };
-        let args = l
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|w| !w.is_empty())
-            .collect();
-        return Parsed::Command(args, used);
+        args.extend(
+            l.split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty()),
+        );
+        return Parsed::Command(used);
     }
     let Some((head, mut at)) = line(&buf[1..]) else {
         return Parsed::Incomplete;
@@ -177,7 +239,6 @@ fn parse(buf: &[u8], max_bulk: usize) -> Parsed<'_> {
         Some(n) if (0..=MAX_ARGS as i64).contains(&n) => n as usize,
         _ => return Parsed::Malformed("ERR Protocol error: invalid multibulk length".into()),
     };
-    let mut args = Vec::with_capacity(n);
     for _ in 0..n {
         let rest = &buf[at..];
         if rest.is_empty() {
@@ -204,7 +265,7 @@ fn parse(buf: &[u8], max_bulk: usize) -> Parsed<'_> {
         args.push(&buf[start..start + len]);
         at = start + len + 2;
     }
-    Parsed::Command(args, at)
+    Parsed::Command(at)
 }
 
 /// What a command asks of the connection besides its reply.
@@ -221,16 +282,25 @@ fn arity_error(out: &mut Out<'_>, name: &str) {
 }
 
 /// Runs one command, appending its reply.
-fn execute(store: &Store, args: &[&[u8]], out: &mut Out<'_>) -> After {
+fn execute(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) -> After {
     let Some(first) = args.first() else {
         return After::Continue; // an empty inline line: Redis ignores it
     };
-    let name = String::from_utf8_lossy(first).to_ascii_lowercase();
+    // Lower-cased on the stack: no allocation per command.
+    let mut lower = [0u8; 16];
+    let name: &str = match lower.get_mut(..first.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(first);
+            buf.make_ascii_lowercase();
+            std::str::from_utf8(buf).unwrap_or("")
+        }
+        None => "",
+    };
     let argc = args.len();
     // (minimum, maximum) argument counts, name included.
     let arity = |min: usize, max: usize| argc >= min && argc <= max;
     const ANY: usize = usize::MAX;
-    let ok = match name.as_str() {
+    let ok = match name {
         "ping" => arity(1, 2),
         "echo" | "get" | "incr" | "decr" | "llen" | "scard" | "ttl" => arity(2, 2),
         "set" => arity(3, ANY),
@@ -256,11 +326,10 @@ fn execute(store: &Store, args: &[&[u8]], out: &mut Out<'_>) -> After {
         }
     };
     if !ok {
-        arity_error(out, &name);
+        arity_error(out, name);
         return After::Continue;
     }
-    let now = Instant::now();
-    match name.as_str() {
+    match name {
         "ping" => match args.get(1) {
             Some(m) => out.bulk(m),
             None => out.simple("PONG"),
@@ -296,7 +365,7 @@ fn execute(store: &Store, args: &[&[u8]], out: &mut Out<'_>) -> After {
             out.int(n);
         }
         "incr" | "decr" | "incrby" => {
-            let by = match name.as_str() {
+            let by = match name {
                 "incr" => Some(1),
                 "decr" => Some(-1),
                 _ => parse_int(args[2]),
@@ -435,7 +504,7 @@ fn execute(store: &Store, args: &[&[u8]], out: &mut Out<'_>) -> After {
         }
         "llen" | "scard" => {
             let mut s = store.shard(args[1]);
-            match (name.as_str(), live(&mut s, args[1], now)) {
+            match (name, live(&mut s, args[1], now)) {
                 (_, None) => out.int(0),
                 (
                     "llen",
@@ -742,17 +811,21 @@ struct Session {
 /// Parses and runs every complete command in `data`; returns the bytes taken
 /// and whether to close after the replies.
 fn serve(store: &Store, data: &[u8], max_bulk: usize, out: &mut Vec<u8>) -> (usize, After) {
+    // One clock reading per read: every command in it sees the same time.
+    let now = Instant::now();
+    let mut args: Vec<&[u8]> = Vec::new();
     let mut at = 0;
     while at < data.len() {
-        match parse(&data[at..], max_bulk) {
+        args.clear();
+        match parse(&data[at..], max_bulk, &mut args) {
             Parsed::Incomplete => break,
             Parsed::Malformed(msg) => {
                 Out(out).error(&msg);
                 return (data.len(), After::Close);
             }
-            Parsed::Command(args, used) => {
+            Parsed::Command(used) => {
                 at += used;
-                if execute(store, &args, &mut Out(out)) == After::Close {
+                if execute(store, &args, now, &mut Out(out)) == After::Close {
                     return (data.len(), After::Close);
                 }
             }

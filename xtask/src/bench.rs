@@ -87,29 +87,7 @@ impl Running {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        let stdout = child.stdout.take().expect("piped");
-        // Bounded: a server that never prints must not hang the bench.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::other(format!(
-                "{}: no 'listening on' line in 30 s",
-                bin.display()
-            )));
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| {
-                io::Error::other(format!("{}: unexpected first line {line:?}", bin.display()))
-            })?;
+        let addr = listening_line(&mut child, bin)?;
         Ok(Running { child, addr })
     }
 
@@ -119,29 +97,63 @@ impl Running {
 
     /// User + system CPU seconds of the server so far.
     fn cpu(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let Some(i) = stat.rfind(')') else { return 0.0 };
-        let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
-        let ticks = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-        // SAFETY: sysconf has no preconditions.
-        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+        cpu_secs(self.pid())
     }
 
     fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        rss_bytes(self.pid())
     }
 
     fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
+}
+
+/// Reads a server's first line, which must be `listening on ADDR` (bounded: a
+/// server that never prints must not hang the bench; it is killed).
+pub(crate) fn listening_line(child: &mut Child, bin: &Path) -> io::Result<SocketAddr> {
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(io::Error::other(format!(
+            "{}: no 'listening on' line in 30 s",
+            bin.display()
+        )));
+    };
+    line.trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            io::Error::other(format!("{}: unexpected first line {line:?}", bin.display()))
+        })
+}
+
+/// User + system CPU seconds of process `pid` so far.
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(i) = stat.rfind(')') else { return 0.0 };
+    let f: Vec<&str> = stat[i + 2..].split_whitespace().collect();
+    let ticks = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Resident memory of process `pid`.
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 impl Drop for Running {
@@ -698,7 +710,19 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
         );
         results.push((s, f));
     }
-    let md = report(&results, set, &machine());
+    let mut md = report(&results, set, &machine());
+    if !set.quick {
+        // The full bench includes the Redis comparison when the tools are here.
+        match crate::redis::missing_tools() {
+            Some(why) => {
+                eprintln!("bench: SKIPPING the Redis comparison: {why}");
+                md.push_str(&format!("\nRedis comparison skipped: {why}.\n"));
+            }
+            None => md.push_str(&crate::redis::report(&crate::redis::run(
+                &release, set.quick,
+            )?)),
+        }
+    }
     println!("{md}");
     let out = paths.target.join("bench");
     let write = |name: &str, body: &str| {

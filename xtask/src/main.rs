@@ -4,7 +4,7 @@
 //! * `ci`: what `.ci/run` checks — `cargo fmt --check`, clippy with `-D warnings`
 //!   (for Linux, then type-checked for macOS and the BSDs), `cargo doc` without
 //!   warnings, the whole test suite, and `bench --quick` as a smoke test.
-//! * `bench [--quick] [--instructions]`: every echo server (gaio-core, gaio-pool,
+//! * `bench [--quick] [--instructions] [--redis]`: every echo server (gaio-core, gaio-pool,
 //!   tokio, a raw epoll loop) as its own process, driven by one load generator;
 //!   prints a Markdown table and writes `report.md` and `regression.svg` under
 //!   `<target dir>/bench/`.
@@ -20,6 +20,7 @@
 mod bench;
 mod load;
 mod memcheck;
+mod redis;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -50,14 +51,24 @@ download it, that target is skipped with a one-line note); cargo doc --workspace
 ";
 
 const BENCH_USAGE: &str = "\
-usage: cargo xtask bench [--quick] [--instructions]
+usage: cargo xtask bench [--quick] [--instructions] [--redis]
 
 Every echo server (raw epoll, tokio, gaio-core, gaio-core busy-poll, gaio-pool) as
 its own process on loopback, driven by one verifying load generator; prints a
-Markdown table and writes <target dir>/bench/report.md and regression.svg.
+Markdown table and writes <target dir>/bench/report.md and regression.svg. The
+full bench (without --quick) adds the Redis comparison when redis-benchmark and
+redis-server are installed (`sudo apt-get install redis-tools redis-server`), and
+says so loudly when they are not.
 
   --quick          one run per scenario, shorter loads (under a minute)
   --instructions   add user-space instructions per message (valgrind callgrind)
+  --redis          only the Redis comparison: examples/resp-server (1 and N
+                   watchers) and redis-server under redis-benchmark -t
+                   ping,set,get,incr,lpush,lpop,mset at -c 50 -P 1, -c 50 -P 16
+                   and -c 1000 -P 1 (requests/s, p50, server CPU per request
+                   from /proc), then RSS per idle client with 10,000 connected;
+                   writes <target dir>/bench/redis.md. Fails if the tools are
+                   missing.
 ";
 
 const MEMCHECK_USAGE: &str = "\
@@ -361,13 +372,18 @@ fn bench_cmd(args: &[String]) -> Result<(), Fail> {
         quick: false,
         instructions: false,
     };
+    let mut redis = false;
     let mut a = Args::new(args, BENCH_USAGE);
     while let Some(flag) = a.next_flag()? {
         match flag {
             "--quick" => set.quick = true,
             "--instructions" => set.instructions = true,
+            "--redis" => redis = true,
             other => return Err(a.unknown(other)),
         }
+    }
+    if redis {
+        return Ok(redis::bench(&paths()?, set.quick)?);
     }
     Ok(bench::bench(&paths()?, set)?)
 }

@@ -1,0 +1,383 @@
+//! `cargo xtask bench --redis`: the resp-server example against redis-server,
+//! both driven by redis-benchmark in one run: requests/s, p50, and server CPU
+//! per request (from `/proc`), per command and load; then memory per idle
+//! client with 10,000 connected.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Paths;
+
+const TESTS: &[&str] = &["ping", "set", "get", "incr", "lpush", "lpop", "mset"];
+const IDLE_CLIENTS: usize = 10_000;
+
+/// One load: clients and pipeline depth.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    clients: usize,
+    pipeline: usize,
+}
+
+const LOADS: &[Load] = &[
+    Load {
+        clients: 50,
+        pipeline: 1,
+    },
+    Load {
+        clients: 50,
+        pipeline: 16,
+    },
+    Load {
+        clients: 1000,
+        pipeline: 1,
+    },
+];
+
+/// One redis-benchmark line: what the client saw and what the server spent.
+#[derive(Debug, Clone)]
+struct Line {
+    test: String,
+    rps: f64,
+    p50_ms: f64,
+    cpu_us_per_req: f64,
+}
+
+/// A server under test: a process speaking RESP on `addr`.
+struct Resp {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Resp {
+    fn cpu(&self) -> f64 {
+        crate::bench::cpu_secs(self.child.id())
+    }
+
+    fn rss(&self) -> u64 {
+        crate::bench::rss_bytes(self.child.id())
+    }
+}
+
+impl Drop for Resp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `bin` runs (it is installed).
+fn have(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The tools this bench needs, or why they are missing.
+pub fn missing_tools() -> Option<String> {
+    let missing: Vec<&str> = ["redis-benchmark", "redis-server"]
+        .into_iter()
+        .filter(|b| !have(b))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not found: install them with `sudo apt-get install redis-tools redis-server` (Debian/Ubuntu)",
+            missing.join(" and ")
+        )
+    })
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits (bounded) until something accepts on `addr`.
+fn wait_listening(addr: SocketAddr) -> io::Result<()> {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(io::Error::other(format!(
+        "nothing listens on {addr} after 30 s"
+    )))
+}
+
+fn start_redis_server() -> io::Result<Resp> {
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--maxclients", "20000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut r = Resp {
+        name: "redis-server".into(),
+        child,
+        addr,
+    };
+    wait_listening(addr)?;
+    if let Ok(o) = Command::new("redis-server").arg("--version").output() {
+        let v = String::from_utf8_lossy(&o.stdout);
+        if let Some(ver) = v.split_whitespace().find_map(|w| w.strip_prefix("v=")) {
+            r.name = format!("redis-server {ver}");
+        }
+    }
+    Ok(r)
+}
+
+fn start_resp_server(release: &Path, watchers: usize) -> io::Result<Resp> {
+    let bin = release.join("examples/resp-server");
+    let mut child = Command::new(&bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--watchers",
+            &watchers.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let addr = crate::bench::listening_line(&mut child, &bin)?;
+    Ok(Resp {
+        name: format!("resp-server ({watchers}w)"),
+        child,
+        addr,
+    })
+}
+
+/// Runs redis-benchmark for one test and load; the server's CPU is read
+/// around it.
+fn one(srv: &Resp, test: &str, load: Load, requests: usize) -> Result<Line, String> {
+    let before = srv.cpu();
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &srv.addr.port().to_string()])
+        .args(["-c", &load.clients.to_string()])
+        .args(["-P", &load.pipeline.to_string()])
+        .args(["-n", &requests.to_string(), "-t", test, "--csv"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("redis-benchmark: {e}"))?;
+    let cpu = srv.cpu() - before;
+    if !out.status.success() {
+        return Err(format!(
+            "redis-benchmark -t {test} against {} failed: {}",
+            srv.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.to_ascii_lowercase().contains("error") {
+        return Err(format!(
+            "redis-benchmark -t {test} against {}: {}",
+            srv.name,
+            stderr.trim()
+        ));
+    }
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",…
+    let row = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .ok_or_else(|| format!("redis-benchmark -t {test}: no CSV row in {text:?}"))?;
+    let f: Vec<String> = row
+        .split(',')
+        .map(|c| c.trim_matches('"').to_string())
+        .collect();
+    let num = |i: usize| -> Result<f64, String> {
+        f.get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("redis-benchmark -t {test}: bad CSV row {row:?}"))
+    };
+    // `-t ping` runs PING_INLINE and PING_MBULK: the last row (MBULK) is the
+    // one every client library sends; the CPU covers both, hence the 2.
+    let runs = if test == "ping" { 2.0 } else { 1.0 };
+    Ok(Line {
+        test: f[0].clone(),
+        rps: num(1)?,
+        p50_ms: num(4)?,
+        cpu_us_per_req: cpu * 1e6 / (requests as f64 * runs),
+    })
+}
+
+/// RSS growth per connected, idle client.
+fn idle_bytes_per_client(srv: &Resp) -> Result<f64, String> {
+    let base = srv.rss();
+    let mut conns = Vec::with_capacity(IDLE_CLIENTS);
+    for _ in 0..IDLE_CLIENTS {
+        conns
+            .push(TcpStream::connect(srv.addr).map_err(|e| format!("{}: connect: {e}", srv.name))?);
+    }
+    // Every connection served once (PING), so each is accepted and set up.
+    for c in &mut conns {
+        use std::io::{Read, Write};
+        c.write_all(b"PING\r\n")
+            .map_err(|e| format!("{}: {e}", srv.name))?;
+        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong)
+            .map_err(|e| format!("{}: no PONG: {e}", srv.name))?;
+    }
+    let grown = srv.rss().saturating_sub(base);
+    Ok(grown as f64 / IDLE_CLIENTS as f64)
+}
+
+/// One server's figures: its name, the lines of each load, bytes per idle client.
+type ServerFigures = (String, Vec<(Load, Vec<Line>)>, f64);
+
+pub struct Results {
+    servers: Vec<ServerFigures>,
+}
+
+/// Runs every load against redis-server and resp-server. `release` holds the
+/// built examples.
+pub fn run(release: &Path, quick: bool) -> Result<Results, String> {
+    if let Some(why) = missing_tools() {
+        return Err(why);
+    }
+    gaio_testkit::raise_fd_limit();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut servers = Vec::new();
+    let mut starters: Vec<Box<dyn Fn() -> io::Result<Resp>>> = vec![Box::new(start_redis_server)];
+    let mut watchers = vec![1];
+    if cores > 1 {
+        watchers.push(cores);
+    }
+    for w in watchers {
+        let release = release.to_path_buf();
+        starters.push(Box::new(move || start_resp_server(&release, w)));
+    }
+    for start in starters {
+        let srv = start().map_err(|e| format!("starting a server: {e}"))?;
+        eprintln!("bench --redis: {}", srv.name);
+        // Memory first, on the fresh server: after the loads, the allocator's
+        // free lists would hide what new clients cost.
+        let idle = idle_bytes_per_client(&srv)?;
+        eprintln!("  {IDLE_CLIENTS} idle clients: {idle:.0} B each");
+        let mut per_load = Vec::new();
+        for &load in LOADS {
+            let requests = match (quick, load.pipeline) {
+                (true, 1) => 20_000,
+                (true, _) => 200_000,
+                (false, 1) => 100_000,
+                (false, _) => 1_000_000,
+            };
+            let mut lines = Vec::new();
+            for t in TESTS {
+                let l = one(&srv, t, load, requests)?;
+                eprintln!(
+                    "  -c {} -P {} {}: {:.0} req/s, p50 {:.3} ms, {:.2} µs CPU/req",
+                    load.clients, load.pipeline, l.test, l.rps, l.p50_ms, l.cpu_us_per_req
+                );
+                lines.push(l);
+            }
+            per_load.push((load, lines));
+        }
+        servers.push((srv.name.clone(), per_load, idle));
+    }
+    Ok(Results { servers })
+}
+
+/// The Markdown table: one row per command and load, each server's figures,
+/// resp-server's as ratios to redis-server's.
+pub fn report(r: &Results) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\nredis-benchmark, one run per line; ratios are resp-server ÷ redis-server (req/s: higher is better; CPU/req: lower is better).\n"
+    );
+    let _ = write!(md, "| load | command |");
+    for (name, _, _) in &r.servers {
+        let _ = write!(md, " {name} req/s | p50 ms | CPU µs/req |");
+    }
+    let _ = writeln!(md);
+    let _ = write!(md, "|---|---|");
+    for _ in &r.servers {
+        let _ = write!(md, "---|---|---|");
+    }
+    let _ = writeln!(md);
+    let Some((_, base_loads, base_idle)) = r.servers.first() else {
+        return md;
+    };
+    for (li, (load, base_lines)) in base_loads.iter().enumerate() {
+        for (ti, base) in base_lines.iter().enumerate() {
+            let _ = write!(
+                md,
+                "| -c {} -P {} | {} |",
+                load.clients, load.pipeline, base.test
+            );
+            for (si, (_, loads, _)) in r.servers.iter().enumerate() {
+                let l = &loads[li].1[ti];
+                if si == 0 {
+                    let _ = write!(
+                        md,
+                        " {:.0} | {:.3} | {:.2} |",
+                        l.rps, l.p50_ms, l.cpu_us_per_req
+                    );
+                } else {
+                    let _ = write!(
+                        md,
+                        " {:.0} ({:.2}×) | {:.3} | {:.2} ({:.2}×) |",
+                        l.rps,
+                        l.rps / base.rps,
+                        l.p50_ms,
+                        l.cpu_us_per_req,
+                        l.cpu_us_per_req / base.cpu_us_per_req
+                    );
+                }
+            }
+            let _ = writeln!(md);
+        }
+    }
+    let _ = write!(md, "| {IDLE_CLIENTS} idle clients | RSS per client |");
+    for (si, (_, _, idle)) in r.servers.iter().enumerate() {
+        if si == 0 {
+            let _ = write!(md, " {idle:.0} B | | |");
+        } else {
+            let _ = write!(md, " {idle:.0} B ({:.2}×) | | |", idle / base_idle);
+        }
+    }
+    let _ = writeln!(md);
+    md
+}
+
+/// `cargo xtask bench --redis` on its own.
+pub fn bench(paths: &Paths, quick: bool) -> Result<(), String> {
+    if let Some(why) = missing_tools() {
+        return Err(why);
+    }
+    crate::run(
+        "cargo build --release --example resp-server",
+        crate::cargo().current_dir(&paths.root).args([
+            "build",
+            "--release",
+            "-p",
+            "gaio",
+            "--example",
+            "resp-server",
+        ]),
+    )?;
+    let r = run(&paths.release(), quick)?;
+    let md = report(&r);
+    println!("{md}");
+    let out = paths.target.join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let f = out.join("redis.md");
+    std::fs::write(&f, &md).map_err(|e| format!("{}: {e}", f.display()))?;
+    eprintln!("bench --redis: wrote {}", f.display());
+    Ok(())
+}
