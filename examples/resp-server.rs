@@ -19,7 +19,6 @@
 
 mod common;
 
-use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::io::Write;
@@ -768,29 +767,34 @@ fn set(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) {
 
 fn incr(store: &Store, key: &[u8], by: i64, now: Instant, out: &mut Out<'_>) {
     let mut s = store.shard(key);
-    let current = match live(&mut s, key, now) {
-        None => 0,
+    let n = match live(&mut s, key, now) {
+        // The common case: rewrite the digits in place, no allocation.
         Some(Entry {
             value: Value::Str(v),
             ..
-        }) => match parse_int(v) {
-            Some(n) => n,
-            None => return out.not_int(),
-        },
-        Some(_) => return out.wrong_type(),
-    };
-    let Some(n) = current.checked_add(by) else {
-        return out.error("ERR increment or decrement would overflow");
-    };
-    match s.entry(key.to_vec()) {
-        MapEntry::Occupied(mut e) => e.get_mut().value = Value::Str(n.to_string().into_bytes()),
-        MapEntry::Vacant(e) => {
-            e.insert(Entry {
-                value: Value::Str(n.to_string().into_bytes()),
-                expires: None,
-            });
+        }) => {
+            let Some(current) = parse_int(v) else {
+                return out.not_int();
+            };
+            let Some(n) = current.checked_add(by) else {
+                return out.error("ERR increment or decrement would overflow");
+            };
+            v.clear();
+            let _ = write!(v, "{n}");
+            n
         }
-    }
+        Some(_) => return out.wrong_type(),
+        None => {
+            s.insert(
+                key.to_vec(),
+                Entry {
+                    value: Value::Str(by.to_string().into_bytes()),
+                    expires: None,
+                },
+            );
+            by
+        }
+    };
     out.int(n);
 }
 

@@ -94,6 +94,18 @@ pub fn missing_tools() -> Option<String> {
     })
 }
 
+/// `bin`, run on core `core` through taskset when given.
+fn pinned(bin: &Path, core: Option<usize>) -> Command {
+    match core {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string()]).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -114,9 +126,9 @@ fn wait_listening(addr: SocketAddr) -> io::Result<()> {
     )))
 }
 
-fn start_redis_server() -> io::Result<Resp> {
+fn start_redis_server(core: Option<usize>) -> io::Result<Resp> {
     let port = free_port()?;
-    let child = Command::new("redis-server")
+    let child = pinned(Path::new("redis-server"), core)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--maxclients", "20000"])
         .stdout(Stdio::null())
@@ -138,9 +150,9 @@ fn start_redis_server() -> io::Result<Resp> {
     Ok(r)
 }
 
-fn start_resp_server(release: &Path, watchers: usize) -> io::Result<Resp> {
+fn start_resp_server(release: &Path, watchers: usize, core: Option<usize>) -> io::Result<Resp> {
     let bin = release.join("examples/resp-server");
-    let mut child = Command::new(&bin)
+    let mut child = pinned(&bin, core)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -160,9 +172,15 @@ fn start_resp_server(release: &Path, watchers: usize) -> io::Result<Resp> {
 
 /// Runs redis-benchmark for one test and load; the server's CPU is read
 /// around it.
-fn one(srv: &Resp, test: &str, load: Load, requests: usize) -> Result<Line, String> {
+fn one(
+    srv: &Resp,
+    test: &str,
+    load: Load,
+    requests: usize,
+    core: Option<usize>,
+) -> Result<Line, String> {
     let before = srv.cpu();
-    let out = Command::new("redis-benchmark")
+    let out = pinned(Path::new("redis-benchmark"), core)
         .args(["-h", "127.0.0.1", "-p", &srv.addr.port().to_string()])
         .args(["-c", &load.clients.to_string()])
         .args(["-P", &load.pipeline.to_string()])
@@ -241,6 +259,8 @@ type ServerFigures = (String, Vec<(Load, Vec<Line>)>, f64);
 
 pub struct Results {
     servers: Vec<ServerFigures>,
+    runs: usize,
+    pinned: bool,
 }
 
 /// Runs every load against redis-server and resp-server. `release` holds the
@@ -251,45 +271,101 @@ pub fn run(release: &Path, quick: bool) -> Result<Results, String> {
     }
     gaio_testkit::raise_fd_limit();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut servers = Vec::new();
-    let mut starters: Vec<Box<dyn Fn() -> io::Result<Resp>>> = vec![Box::new(start_redis_server)];
-    let mut watchers = vec![1];
+    // With 2 cores or more: redis-benchmark on core 0, the single-threaded
+    // servers (redis-server, resp-server with 1 watcher) on core 1, so the
+    // client does not steal the server's core and runs are comparable. The
+    // N-watcher server runs where the kernel puts it (it shares the client's).
+    let (client_core, server_core) = if cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let mut srvs = vec![start_redis_server(server_core).map_err(|e| format!("redis-server: {e}"))?];
+    srvs.push(start_resp_server(release, 1, server_core).map_err(|e| format!("resp-server: {e}"))?);
     if cores > 1 {
-        watchers.push(cores);
+        srvs.push(
+            start_resp_server(release, cores, None).map_err(|e| format!("resp-server: {e}"))?,
+        );
     }
-    for w in watchers {
-        let release = release.to_path_buf();
-        starters.push(Box::new(move || start_resp_server(&release, w)));
+    // Memory first, on fresh servers: after the loads, the allocator's free
+    // lists would hide what new clients cost.
+    let mut idle = Vec::new();
+    for srv in &srvs {
+        let b = idle_bytes_per_client(srv)?;
+        eprintln!(
+            "bench --redis: {}: {IDLE_CLIENTS} idle clients, {b:.0} B each",
+            srv.name
+        );
+        idle.push(b);
     }
-    for start in starters {
-        let srv = start().map_err(|e| format!("starting a server: {e}"))?;
-        eprintln!("bench --redis: {}", srv.name);
-        // Memory first, on the fresh server: after the loads, the allocator's
-        // free lists would hide what new clients cost.
-        let idle = idle_bytes_per_client(&srv)?;
-        eprintln!("  {IDLE_CLIENTS} idle clients: {idle:.0} B each");
-        let mut per_load = Vec::new();
-        for &load in LOADS {
-            let requests = match (quick, load.pipeline) {
-                (true, 1) => 20_000,
-                (true, _) => 200_000,
-                (false, 1) => 100_000,
-                (false, _) => 1_000_000,
-            };
-            let mut lines = Vec::new();
-            for t in TESTS {
-                let l = one(&srv, t, load, requests)?;
-                eprintln!(
-                    "  -c {} -P {} {}: {:.0} req/s, p50 {:.3} ms, {:.2} µs CPU/req",
-                    load.clients, load.pipeline, l.test, l.rps, l.p50_ms, l.cpu_us_per_req
-                );
-                lines.push(l);
-            }
-            per_load.push((load, lines));
+    let runs = if quick { 1 } else { 3 };
+    let mut per_server: Vec<Vec<(Load, Vec<Line>)>> = srvs.iter().map(|_| Vec::new()).collect();
+    for &load in LOADS {
+        let requests = match (quick, load.pipeline) {
+            (true, 1) => 20_000,
+            (true, _) => 200_000,
+            (false, 1) => 100_000,
+            (false, _) => 1_000_000,
+        };
+        for figures in per_server.iter_mut() {
+            figures.push((load, Vec::new()));
         }
-        servers.push((srv.name.clone(), per_load, idle));
+        for t in TESTS {
+            // Servers interleaved run by run, so drift on a noisy machine hits
+            // them alike; medians of `runs`.
+            let mut got: Vec<Vec<Line>> = srvs.iter().map(|_| Vec::new()).collect();
+            for _ in 0..runs {
+                for (i, srv) in srvs.iter().enumerate() {
+                    got[i].push(one(srv, t, load, requests, client_core)?);
+                }
+            }
+            for (i, lines) in got.into_iter().enumerate() {
+                let l = median_line(lines);
+                eprintln!(
+                    "  {} -c {} -P {} {}: {:.0} req/s, p50 {:.3} ms, {:.2} µs CPU/req",
+                    srvs[i].name,
+                    load.clients,
+                    load.pipeline,
+                    l.test,
+                    l.rps,
+                    l.p50_ms,
+                    l.cpu_us_per_req
+                );
+                per_server[i].last_mut().expect("pushed").1.push(l);
+            }
+        }
     }
-    Ok(Results { servers })
+    let servers = srvs
+        .iter()
+        .zip(per_server)
+        .zip(idle)
+        .map(|((srv, loads), idle)| {
+            let pin = match (
+                srv.name.contains("(1w)") || srv.name.starts_with("redis"),
+                server_core,
+            ) {
+                (true, Some(c)) => format!(", core {c}"),
+                _ => String::new(),
+            };
+            (format!("{}{pin}", srv.name), loads, idle)
+        })
+        .collect();
+    Ok(Results {
+        servers,
+        runs,
+        pinned: client_core.is_some(),
+    })
+}
+
+/// Field by field medians of one test's runs.
+fn median_line(lines: Vec<Line>) -> Line {
+    let med = |f: fn(&Line) -> f64| crate::bench::median(lines.iter().map(f).collect());
+    Line {
+        test: lines[0].test.clone(),
+        rps: med(|l| l.rps),
+        p50_ms: med(|l| l.p50_ms),
+        cpu_us_per_req: med(|l| l.cpu_us_per_req),
+    }
 }
 
 /// The Markdown table: one row per command and load, each server's figures,
@@ -298,7 +374,9 @@ pub fn report(r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "\nredis-benchmark, one run per line; ratios are resp-server ÷ redis-server (req/s: higher is better; CPU/req: lower is better).\n"
+        "\nredis-benchmark{}, medians of {} run(s) per line, servers interleaved; ratios are resp-server ÷ redis-server (req/s: higher is better; CPU/req, the server's user + system time from /proc: lower is better).\n",
+        if r.pinned { " on core 0" } else { "" },
+        r.runs
     );
     let _ = write!(md, "| load | command |");
     for (name, _, _) in &r.servers {
