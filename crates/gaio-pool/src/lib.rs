@@ -885,7 +885,8 @@ fn turn<C, M, H: Handler<C, M>>(
     handler: &mut H,
     timeout: Option<Duration>,
 ) -> Result<usize> {
-    let id = w.submitter().id();
+    let worker = &pool.inner.workers[index];
+    let id = worker.tx.id();
     let batch = match timeout {
         None => w.wait_io()?,
         Some(t) => w.wait_io_timeout(t)?,
@@ -896,7 +897,6 @@ fn turn<C, M, H: Handler<C, M>>(
         local: batch.local(),
         pool,
     };
-    let worker = &pool.inner.workers[index];
     let mut events = 0;
     for res in batch {
         let ctx = match res.ctx {
