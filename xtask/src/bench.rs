@@ -21,6 +21,8 @@ struct Server {
     args: Vec<String>,
     /// A gaio server (gets ratio columns).
     gaio: bool,
+    /// Skipped, loudly, when it cannot run here (io_uring disabled).
+    optional: bool,
 }
 
 fn servers() -> Vec<Server> {
@@ -31,18 +33,29 @@ fn servers() -> Vec<Server> {
             bin: "bench-raw-epoll",
             args: vec![],
             gaio: false,
+            optional: false,
+        },
+        Server {
+            // The io_uring floor: multishot accept and receive, provided buffers.
+            name: "raw io_uring",
+            bin: "bench-raw-uring",
+            args: vec![],
+            gaio: false,
+            optional: true,
         },
         Server {
             name: "tokio",
             bin: "bench-tokio",
             args: vec![],
             gaio: false,
+            optional: false,
         },
         Server {
             name: "gaio-core",
             bin: "examples/echo",
             args: vec![],
             gaio: true,
+            optional: false,
         },
         Server {
             // The copy-free echo style: read into the connection's own buffer and
@@ -51,18 +64,21 @@ fn servers() -> Vec<Server> {
             bin: "examples/echo",
             args: vec!["--owned".into(), "1024".into()],
             gaio: true,
+            optional: false,
         },
         Server {
             name: "gaio-core busy-poll 50µs",
             bin: "examples/echo",
             args: vec!["--busy-poll".into(), "50".into()],
             gaio: true,
+            optional: false,
         },
         Server {
             name: "gaio-pool",
             bin: "examples/echo-pool",
             args: vec!["--watchers".into(), cores.to_string()],
             gaio: true,
+            optional: false,
         },
     ]
 }
@@ -523,6 +539,8 @@ fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String
                             ratio(v, get(&raw)),
                             ratio(v, get(&tokio))
                         )
+                    } else if s.name == "raw io_uring" {
+                        format!("{shown} ({} raw)", ratio(v, get(&raw)))
                     } else {
                         shown
                     }
@@ -694,7 +712,14 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
     let mut results = Vec::new();
     for s in servers() {
         eprintln!("bench: {}", s.name);
-        let f = measure(&release, &s, set).map_err(|e| format!("{}: {e}", s.name))?;
+        let f = match measure(&release, &s, set) {
+            Ok(f) => f,
+            Err(e) if s.optional => {
+                eprintln!("bench: SKIPPING {}: {e}", s.name);
+                continue;
+            }
+            Err(e) => return Err(format!("{}: {e}", s.name)),
+        };
         eprintln!(
             "  {:.0} rt/s, p50 {:.1} µs, {:.0} MB/s, {:.0} msgs/s, {:.3} ms CPU/1k msgs, 8k in {:.3} s, {:.0} B/idle conn{}",
             f.rt_per_s,
