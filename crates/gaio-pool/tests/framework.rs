@@ -320,3 +320,96 @@ fn stats_total_the_bytes_queued_for_writing() {
         std::thread::yield_now();
     }
 }
+
+/// `Handle::connect` dials from the chosen watcher; its handler gets the
+/// `Connect` completion, on that watcher's thread.
+#[test]
+fn connect_runs_on_the_chosen_watcher() {
+    let _serial = serial();
+    let (tx, rx) = channel();
+    let pool: Pool<u32> = Pool::builder()
+        .watchers(2)
+        .pin(false)
+        .build(move |_| {
+            let tx = tx.clone();
+            move |io: &Io<u32>, ev: Event<'_, u32>| {
+                if let Event::Completed(res) = ev {
+                    let _ = tx.send((io.index(), res.op, res.ctx, res.result.is_ok(), res.conn));
+                    let _ = io.free(res.conn);
+                }
+            }
+        })
+        .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let conn = pool.connect(1, l.local_addr().unwrap(), 9, None).unwrap();
+    assert_eq!(pool.owner(conn).unwrap(), 1);
+    let (watcher, op, ctx, ok, done) = rx.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(
+        (watcher, op, ctx, ok, done),
+        (1, Op::Connect, 9, true, conn)
+    );
+    let _accepted = l.accept().unwrap();
+    assert!(pool.connect(2, l.local_addr().unwrap(), 0, None).is_err());
+}
+
+/// Listeners the application made: one serves as a balanced listener; for
+/// reuseport there must be one per watcher.
+#[test]
+fn listen_on_takes_the_applications_listeners() {
+    let _serial = serial();
+    let (tx, rx) = channel();
+    let pool = echo_pool(Pool::builder().watchers(2).pin(false), tx);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket2::SockRef::from(&l)
+        .set_send_buffer_size(32 << 10)
+        .unwrap();
+    let addr = pool.listen_on(l).unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    wait_notes(&rx, 1, |n| matches!(n, Note::Connected { .. }));
+    echo_once(&mut c, b"through the application's listener");
+    let one = vec![std::net::TcpListener::bind("127.0.0.1:0").unwrap()];
+    match pool.listen_reuseport_on(one) {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput),
+        other => panic!("1 listener for 2 watchers: {other:?}"),
+    }
+    assert_eq!(pool.stats().accepts, 1);
+}
+
+/// A socket that is not listening: the accepts fail, the listener is dropped
+/// (with an error logged), and the pool keeps serving.
+#[test]
+fn a_broken_listener_is_dropped_and_the_pool_goes_on() {
+    let _serial = serial();
+    let (tx, rx) = channel();
+    let pool = echo_pool(Pool::builder().watchers(1).pin(false), tx);
+    let fds = fd_count();
+    let not_listening: std::net::TcpListener = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        s.into()
+    };
+    pool.listen_on(not_listening).unwrap();
+    // Its first accept fails (EINVAL): the pool closes it.
+    let end = Instant::now() + PATIENCE;
+    while fd_count() != fds {
+        assert!(Instant::now() < end, "the broken listener was never closed");
+        std::thread::yield_now();
+    }
+    // The pool still accepts on a good listener, and counts no phantom load.
+    let addr = pool.listen("127.0.0.1:0").unwrap();
+    let mut c = TcpStream::connect(addr).unwrap();
+    wait_notes(&rx, 1, |n| matches!(n, Note::Connected { .. }));
+    echo_once(&mut c, b"still serving");
+    let end = Instant::now() + PATIENCE;
+    while pool.stats().watchers[0].pending_reads != 1 {
+        assert!(Instant::now() < end, "{:?}", pool.stats());
+        std::thread::yield_now();
+    }
+    assert_eq!(pool.stats().live_conns, 1);
+}
