@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gaio::core::{Conn, Error, Op};
@@ -148,12 +147,6 @@ impl Room {
     }
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn main() {
     let mut cli = common::Cli::new("chat", USAGE);
     let mut listen: Option<SocketAddr> = None;
@@ -240,11 +233,7 @@ fn main() {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    while !INTERRUPTED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for_ctrl_c();
     pool.shutdown(Duration::from_secs(1));
 }
 

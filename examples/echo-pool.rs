@@ -13,7 +13,6 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gaio::core::{Buffer, Op};
@@ -30,12 +29,6 @@ usage: echo-pool [--listen ADDR] [--watchers N] [--balancer round-robin|least-co
   --stats SECS      print per-watcher figures every SECS seconds (fractions allowed)
   --no-pin          do not pin watcher threads to cores
 ";
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 fn main() {
     let mut cli = common::Cli::new("echo-pool", USAGE);
@@ -106,13 +99,12 @@ fn main() {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    common::catch_ctrl_c();
     // The main thread has nothing to do but report: it wakes at most every 100 ms
     // to notice Ctrl-C, and prints when a stats period is up.
     const TICK: Duration = Duration::from_millis(100);
     let mut next = stats_every.and_then(|d| Instant::now().checked_add(d));
-    while !INTERRUPTED.load(Ordering::SeqCst) {
+    while !common::interrupted() {
         let now = Instant::now();
         match next {
             Some(at) if at <= now => {

@@ -23,7 +23,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -135,6 +134,42 @@ fn live<'s>(shard: &'s mut Shard, key: &[u8], now: Instant) -> Option<&'s mut En
         shard.remove(key);
     }
     shard.get_mut(key)
+}
+
+/// The live value at `key`, or a new one made by `empty` (a collection command
+/// on a missing key creates it).
+fn or_insert<'s>(
+    shard: &'s mut Shard,
+    key: &[u8],
+    now: Instant,
+    empty: fn() -> Value,
+) -> &'s mut Value {
+    let fresh = shard
+        .get(key)
+        .is_some_and(|e| e.expires.is_none_or(|at| at > now));
+    if !fresh {
+        // Missing, or expired: either way a new, empty value.
+        shard.insert(
+            key.to_vec(),
+            Entry {
+                value: empty(),
+                expires: None,
+            },
+        );
+    }
+    &mut shard.get_mut(key).expect("present or just inserted").value
+}
+
+/// The optional COUNT of LPOP, RPOP and SPOP; `Err` once the error is replied.
+fn count_arg(arg: Option<&&[u8]>, out: &mut Out<'_>) -> Result<Option<usize>, ()> {
+    match arg.map(|c| parse_int(c)) {
+        None => Ok(None),
+        Some(Some(c)) if c >= 0 => Ok(Some(c as usize)),
+        Some(_) => {
+            out.error("ERR value is out of range, must be positive");
+            Err(())
+        }
+    }
 }
 
 /// Replies, RESP2-encoded, appended to one buffer.
@@ -428,23 +463,10 @@ fn execute(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) -> Af
         }
         "lpush" | "rpush" => {
             let mut s = store.shard(args[1]);
-            let e = live(&mut s, args[1], now);
-            let list = match e {
-                Some(Entry {
-                    value: Value::List(l),
-                    ..
-                }) => l,
-                Some(_) => return wrong_type(out),
-                None => {
-                    let e = s.entry(args[1].to_vec()).or_insert(Entry {
-                        value: Value::List(VecDeque::new()),
-                        expires: None,
-                    });
-                    let Value::List(l) = &mut e.value else {
-                        unreachable!()
-                    };
-                    l
-                }
+            let Value::List(list) =
+                or_insert(&mut s, args[1], now, || Value::List(VecDeque::new()))
+            else {
+                return wrong_type(out);
             };
             for v in &args[2..] {
                 if name == "lpush" {
@@ -456,13 +478,8 @@ fn execute(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) -> Af
             out.int(list.len() as i64);
         }
         "lpop" | "rpop" => {
-            let count = match args.get(2).map(|c| parse_int(c)) {
-                None => None,
-                Some(Some(c)) if c >= 0 => Some(c as usize),
-                Some(_) => {
-                    out.error("ERR value is out of range, must be positive");
-                    return After::Continue;
-                }
+            let Ok(count) = count_arg(args.get(2), out) else {
+                return After::Continue;
             };
             let mut s = store.shard(args[1]);
             match live(&mut s, args[1], now) {
@@ -550,34 +567,16 @@ fn execute(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) -> Af
         },
         "sadd" => {
             let mut s = store.shard(args[1]);
-            let set = match live(&mut s, args[1], now) {
-                Some(Entry {
-                    value: Value::Set(m),
-                    ..
-                }) => m,
-                Some(_) => return wrong_type(out),
-                None => {
-                    let e = s.entry(args[1].to_vec()).or_insert(Entry {
-                        value: Value::Set(HashSet::new()),
-                        expires: None,
-                    });
-                    let Value::Set(m) = &mut e.value else {
-                        unreachable!()
-                    };
-                    m
-                }
+            let Value::Set(set) = or_insert(&mut s, args[1], now, || Value::Set(HashSet::new()))
+            else {
+                return wrong_type(out);
             };
             let added = args[2..].iter().filter(|m| set.insert(m.to_vec())).count();
             out.int(added as i64);
         }
         "spop" => {
-            let count = match args.get(2).map(|c| parse_int(c)) {
-                None => None,
-                Some(Some(c)) if c >= 0 => Some(c as usize),
-                Some(_) => {
-                    out.error("ERR value is out of range, must be positive");
-                    return After::Continue;
-                }
+            let Ok(count) = count_arg(args.get(2), out) else {
+                return After::Continue;
             };
             let mut s = store.shard(args[1]);
             match live(&mut s, args[1], now) {
@@ -612,22 +611,9 @@ fn execute(store: &Store, args: &[&[u8]], now: Instant, out: &mut Out<'_>) -> Af
         }
         "hset" => {
             let mut s = store.shard(args[1]);
-            let hash = match live(&mut s, args[1], now) {
-                Some(Entry {
-                    value: Value::Hash(h),
-                    ..
-                }) => h,
-                Some(_) => return wrong_type(out),
-                None => {
-                    let e = s.entry(args[1].to_vec()).or_insert(Entry {
-                        value: Value::Hash(HashMap::new()),
-                        expires: None,
-                    });
-                    let Value::Hash(h) = &mut e.value else {
-                        unreachable!()
-                    };
-                    h
-                }
+            let Value::Hash(hash) = or_insert(&mut s, args[1], now, || Value::Hash(HashMap::new()))
+            else {
+                return wrong_type(out);
             };
             let mut added = 0;
             for fv in args[2..].chunks(2) {
@@ -838,12 +824,6 @@ fn serve(store: &Store, data: &[u8], max_bulk: usize, out: &mut Vec<u8>) -> (usi
     (at, After::Continue)
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn main() {
     let mut cli = common::Cli::new("resp-server", USAGE);
     let mut listen: Option<SocketAddr> = None;
@@ -945,10 +925,6 @@ fn main() {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    while !INTERRUPTED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for_ctrl_c();
     pool.shutdown(Duration::from_secs(1));
 }

@@ -164,6 +164,20 @@ impl Drop for Server {
     }
 }
 
+/// Reads a nonblocking stream dry; whether it ended (EOF or a reset): the
+/// server dropped it.
+fn drained_to_the_end(s: &mut TcpStream) -> bool {
+    let mut sink = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut sink) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true, // reset
+        }
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
@@ -314,15 +328,7 @@ fn push_sends_every_client_the_same_lines_and_drops_a_stuck_one() {
     let mut wait = 1000;
     let dropped = loop {
         read_lines(&mut readers, wait);
-        let mut sink = vec![0u8; 1 << 16];
-        let gone = loop {
-            match stuck.read(&mut sink) {
-                Ok(0) => break true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
-                Err(_) => break true, // reset
-            }
-        };
+        let gone = drained_to_the_end(&mut stuck);
         if gone || wait >= 16_000 {
             break gone;
         }
@@ -519,15 +525,7 @@ fn chat_drops_a_stuck_client_and_a_too_long_line() {
             assert!(got == line, "line {sent}: got {} bytes", got.len());
             sent += 1;
         }
-        let mut sink = vec![0u8; 1 << 16];
-        let gone = loop {
-            match stuck.read(&mut sink) {
-                Ok(0) => break true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
-                Err(_) => break true, // reset
-            }
-        };
+        let gone = drained_to_the_end(&mut stuck);
         if gone || next_look >= 32_000 {
             break gone;
         }
