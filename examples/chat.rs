@@ -31,9 +31,10 @@ use gaio::core::{Conn, Error, Op};
 use gaio::pool::{Event, Io, Pool};
 
 const USAGE: &str = "\
-usage: chat --listen ADDR [--watchers N] [--reuseport] [--queue BYTES] [--sndbuf BYTES]
+usage: chat --listen ADDR [--watchers N] [--reuseport] [--queue BYTES] [--sndbuf BYTES] [--backend auto|epoll|uring]
 
   --listen ADDR     address to listen on (127.0.0.1:0: any free port)
+  --backend KIND    kernel interface: auto, epoll or uring (default epoll or $GAIO_BACKEND)
   --watchers N      watcher threads, at least 1 (default: the cores this process may use)
   --reuseport       one SO_REUSEPORT listener per watcher instead of one balanced one
   --queue BYTES     bytes a client that does not read may have queued before it is
@@ -157,6 +158,7 @@ fn main() {
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = Some(cli.addr(&flag)),
+            "--backend" => builder = builder.backend(cli.parse(&flag)),
             "--watchers" => builder = builder.watchers(cli.count(&flag)),
             "--reuseport" => reuseport = true,
             "--queue" => queue = cli.count(&flag),

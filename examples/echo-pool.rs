@@ -19,10 +19,11 @@ use gaio::core::{Buffer, Op};
 use gaio::pool::{BalancerKind, Event, Io, Pool};
 
 const USAGE: &str = "\
-usage: echo-pool [--listen ADDR] [--watchers N] [--balancer round-robin|least-conn|source-hash]
+usage: echo-pool [--listen ADDR] [--watchers N] [--balancer round-robin|least-conn|source-hash] [--backend auto|epoll|uring]
                  [--reuseport] [--stats SECS] [--no-pin]
 
   --listen ADDR     address to listen on (default 127.0.0.1:0, an ephemeral port)
+  --backend KIND    kernel interface: auto, epoll or uring (default epoll or $GAIO_BACKEND)
   --watchers N      watcher threads, at least 1 (default: the cores this process may use)
   --balancer KIND   how the single listener spreads connections (default round-robin)
   --reuseport       one SO_REUSEPORT listener per watcher instead of a balancer
@@ -40,6 +41,7 @@ fn main() {
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = cli.addr(&flag),
+            "--backend" => builder = builder.backend(cli.parse(&flag)),
             "--watchers" => builder = builder.watchers(cli.count(&flag)),
             "--balancer" => balancer = cli.parse(&flag),
             "--reuseport" => reuseport = true,

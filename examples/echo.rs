@@ -22,9 +22,10 @@ use std::time::Duration;
 use gaio::{Buffer, Conn, Error, Op, Watcher};
 
 const USAGE: &str = "\
-usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES] [--owned BYTES]
+usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES] [--owned BYTES] [--backend auto|epoll|uring]
 
   --listen ADDR       address to listen on (default 127.0.0.1:0, an ephemeral port)
+  --backend KIND      kernel interface: auto, epoll or uring (default epoll or $GAIO_BACKEND)
   --busy-poll MICROS  spin this long before parking in the poller (default 0: off)
   --cpu CORE          pin the watcher's thread to this core
   --swap BYTES        swap buffer size (default 65536)
@@ -42,6 +43,7 @@ fn main() {
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = cli.addr(&flag),
+            "--backend" => builder = builder.backend(cli.parse(&flag)),
             "--busy-poll" => {
                 let us = cli.natural(&flag);
                 builder = builder.busy_poll((us > 0).then(|| Duration::from_micros(us)));

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use gaio::{Buffer, Conn, Local, Watcher};
 
 const USAGE: &str = "\
-usage: proxy --listen ADDR --upstream ADDR [--connect-timeout SECS]
+usage: proxy --listen ADDR --upstream ADDR [--connect-timeout SECS] [--backend auto|epoll|uring]
 
   --listen ADDR            address to accept clients on (127.0.0.1:0: any free port)
+  --backend KIND           kernel interface: auto, epoll or uring (default epoll or $GAIO_BACKEND)
   --upstream ADDR          address to connect each client to
   --connect-timeout SECS   give up on an upstream connect after SECS (default 10)
 ";
@@ -59,9 +60,11 @@ fn main() {
     let mut listen = None;
     let mut upstream = None;
     let mut connect_timeout = Duration::from_secs(10);
+    let mut builder = Watcher::builder();
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = Some(cli.addr(&flag)),
+            "--backend" => builder = builder.backend(cli.parse(&flag)),
             "--upstream" => upstream = Some(cli.addr(&flag)),
             "--connect-timeout" => connect_timeout = cli.period_secs(&flag),
             other => cli.unknown(other),
@@ -70,7 +73,7 @@ fn main() {
     let (Some(listen), Some(upstream)) = (listen, upstream) else {
         cli.usage_error("--listen and --upstream are required")
     };
-    let mut w: Watcher<Ctx> = Watcher::new().unwrap_or_else(|e| {
+    let mut w: Watcher<Ctx> = builder.build().unwrap_or_else(|e| {
         cli.fail(format!(
             "cannot start the watcher: {}",
             common::gaio_reason(&e)

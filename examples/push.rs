@@ -19,9 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use gaio::{Buffer, Conn, Error, Op, Watcher};
 
 const USAGE: &str = "\
-usage: push --listen ADDR [--interval SECS] [--limit BYTES] [--sndbuf BYTES]
+usage: push --listen ADDR [--interval SECS] [--limit BYTES] [--sndbuf BYTES] [--backend auto|epoll|uring]
 
   --listen ADDR      address to listen on (127.0.0.1:0: any free port)
+  --backend KIND     kernel interface: auto, epoll or uring (default epoll or $GAIO_BACKEND)
   --interval SECS    time between two pushes (default 1; fractions allowed)
   --limit BYTES      bytes a slow client may have queued before it is dropped
                      (default 65536)
@@ -38,9 +39,11 @@ fn main() {
     let mut interval = Duration::from_secs(1);
     let mut limit = 64 * 1024;
     let mut sndbuf = 64 * 1024;
+    let mut builder = Watcher::builder();
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = Some(cli.addr(&flag)),
+            "--backend" => builder = builder.backend(cli.parse(&flag)),
             "--interval" => interval = cli.period_secs(&flag),
             "--limit" => limit = cli.count(&flag),
             "--sndbuf" => sndbuf = cli.count(&flag),
@@ -50,7 +53,7 @@ fn main() {
     let Some(listen) = listen else {
         cli.usage_error("--listen is required")
     };
-    let mut w: Watcher<()> = Watcher::builder()
+    let mut w: Watcher<()> = builder
         .write_limit(Some(limit))
         .build()
         .unwrap_or_else(|e| {

@@ -30,9 +30,10 @@ use gaio::core::{Buffer, Conn, Op};
 use gaio::pool::{Event, Io, Pool};
 
 const USAGE: &str = "\
-usage: resp-server --listen ADDR [--watchers N] [--max-bulk BYTES]
+usage: resp-server --listen ADDR [--watchers N] [--max-bulk BYTES] [--backend auto|epoll|uring]
 
   --listen ADDR       address to listen on (127.0.0.1:0: any free port)
+  --backend KIND      kernel interface: auto, epoll or uring (default epoll or $GAIO_BACKEND)
   --watchers N        watcher threads, at least 1 (default: the cores this process may use)
   --max-bulk BYTES    longest bulk string accepted (default 536870912, Redis's
                       proto-max-bulk-len); a longer one is a protocol error
@@ -832,6 +833,7 @@ fn main() {
     while let Some(flag) = cli.next_flag() {
         match flag.as_str() {
             "--listen" => listen = Some(cli.addr(&flag)),
+            "--backend" => builder = builder.backend(cli.parse(&flag)),
             "--watchers" => builder = builder.watchers(cli.count(&flag)),
             "--max-bulk" => max_bulk = cli.count(&flag),
             other => cli.unknown(other),

@@ -40,6 +40,6 @@ pub use gaio_core as core;
 pub use gaio_pool as pool;
 
 pub use gaio_core::{
-    Buffer, Builder, Completion, Completions, Conn, ConnCounts, Error, Local, Op, Result, Stats,
-    Submitter, Watcher, WriteBuf, framing,
+    Backend, Buffer, Builder, Completion, Completions, Conn, ConnCounts, Error, Local, Op, Result,
+    Stats, Submitter, Watcher, WriteBuf, framing,
 };

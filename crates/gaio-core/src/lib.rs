@@ -112,12 +112,13 @@
 //! * **Allocation.** Requests made through a `Local`, and all completions,
 //!   allocate nothing once warm. `Submitter` requests go through a lock-free
 //!   `SegQueue`, which allocates a block per 31 submissions.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 // Layout: `watcher` is the public face; a request goes `submit` (Local: straight
 // to the engine; Submitter: through `queue`) → `engine` (table, queues, deadlines,
 // completions) → `driver` (moves the bytes). `conn` and `req` define the token
 // and the request, each in one place.
+mod backend;
 mod conn;
 mod driver;
 mod engine;
@@ -128,6 +129,7 @@ mod req;
 mod submit;
 mod watcher;
 
+pub use backend::{Backend, ParseBackendError};
 pub use conn::Conn;
 pub use error::{Error, Result};
 pub use queue::ConnCounts;

@@ -118,6 +118,7 @@ struct Published {
     freed: AtomicU64,
     syscalls: AtomicU64,
     queued_write_bytes: AtomicUsize,
+    uring: AtomicBool,
 }
 
 impl<C> Shared<C> {
@@ -226,6 +227,8 @@ impl<C> Shared<C> {
         p.syscalls.store(st.syscalls, Ordering::Relaxed);
         p.queued_write_bytes
             .store(st.queued_write_bytes, Ordering::Relaxed);
+        p.uring
+            .store(st.backend == crate::Backend::IoUring, Ordering::Relaxed);
     }
 
     pub fn published(&self) -> Stats {
@@ -239,6 +242,11 @@ impl<C> Shared<C> {
             freed: p.freed.load(Ordering::Relaxed),
             syscalls: p.syscalls.load(Ordering::Relaxed),
             queued_write_bytes: p.queued_write_bytes.load(Ordering::Relaxed),
+            backend: if p.uring.load(Ordering::Relaxed) {
+                crate::Backend::IoUring
+            } else {
+                crate::Backend::Epoll
+            },
         }
     }
 }

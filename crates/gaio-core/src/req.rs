@@ -52,6 +52,10 @@ const TIMER_BITS: u32 = 28;
 const TIMER_MASK: u32 = (1 << TIMER_BITS) - 1;
 /// The timer id of a request without a deadline; real ids are below it.
 pub(crate) const NO_TIMER: u32 = TIMER_MASK;
+/// The timer id of a request whose deadline passed while an operation held its
+/// buffer (io_uring): out of the heap, found by the expiry once the operation
+/// is over. Real ids are below it too.
+pub(crate) const EXPIRED: u32 = TIMER_MASK - 1;
 
 /// The largest buffer a request may carry: progress is counted in a `u32`.
 pub(crate) const MAX_BUF: usize = u32::MAX as usize;

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use gaio_sys::Waker;
 
+use crate::Backend;
 use crate::conn::WAKE_TOKEN;
-use crate::driver::Driver;
+use crate::driver::{Driver, poll};
 use crate::engine::{Core, Done, DoneBuf, Engine, Trim, Trims};
 use crate::queue::Shared;
 use crate::submit::{Local, Submitter};
@@ -155,7 +156,35 @@ impl<'a, C> Completion<'a, C> {
 pub struct Completions<'a, C> {
     inner: std::vec::Drain<'a, Done<C>>,
     swap: &'a [u8],
+    /// The io_uring buffer ring's bytes (null on epoll).
+    ring: RingMem,
     eng: &'a RefCell<Engine<C>>,
+}
+
+/// Where the io_uring buffer ring's bytes start: the kernel writes into the
+/// ring while a batch borrows bytes of it that it will not write again until
+/// the batch is over, so it is reached through a raw pointer, never a `&[u8]`
+/// of the whole.
+#[derive(Debug, Clone, Copy)]
+struct RingMem(*const u8);
+
+// SAFETY: the pointer is only read through by the thread that owns the watcher
+// (batches do not cross threads); the memory is the watcher's own.
+#[allow(unsafe_code)]
+unsafe impl Send for RingMem {}
+
+impl RingMem {
+    /// The `len` bytes at `off`, for as long as the batch (`'a`) lives.
+    #[allow(unsafe_code)]
+    fn bytes<'a>(self, off: usize, len: usize) -> &'a [u8] {
+        if len == 0 {
+            return &[];
+        }
+        // SAFETY: a `DoneBuf::Ring` names bytes the kernel filled and will not
+        // write again before the next `wait_io`, which needs `&mut Watcher`,
+        // so not before the batch borrowing them (`'a`) is over.
+        unsafe { std::slice::from_raw_parts(self.0.add(off), len) }
+    }
 }
 
 impl<'a, C> Completions<'a, C> {
@@ -185,6 +214,7 @@ impl<'a, C> Iterator for Completions<'a, C> {
         let buffer = match d.buf {
             DoneBuf::Owned(v) => Buffer::Owned(v),
             DoneBuf::Swap { off, len } => Buffer::Swap(&self.swap[off..off + len]),
+            DoneBuf::Ring { off, len } => Buffer::Swap(self.ring.bytes(off, len)),
             DoneBuf::Shared(b) => Buffer::Shared(b),
             DoneBuf::Accepted { conn, peer } => Buffer::Accepted { conn, peer },
             DoneBuf::None => Buffer::None,
@@ -234,6 +264,8 @@ pub struct Stats {
     pub syscalls: u64,
     /// Bytes queued for writing and not sent yet, all connections together.
     pub queued_write_bytes: usize,
+    /// The backend the watcher runs on (`Epoll` or `IoUring`, never `Auto`).
+    pub backend: Backend,
 }
 
 /// Configures a [`Watcher`]; get one from [`Watcher::builder`], for any context
@@ -251,11 +283,12 @@ pub struct Stats {
 /// # Ok::<(), gaio_core::Error>(())
 /// ```
 pub struct Builder<C> {
-    swap: usize,
+    swap: Option<usize>,
     events: usize,
     cpu: Option<usize>,
     busy_poll: Option<Duration>,
     write_limit: Option<usize>,
+    backend: Option<Backend>,
     _ctx: PhantomData<fn() -> C>,
 }
 
@@ -267,6 +300,7 @@ impl<C> std::fmt::Debug for Builder<C> {
             .field("cpu", &self.cpu)
             .field("busy_poll", &self.busy_poll)
             .field("write_limit", &self.write_limit)
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -280,22 +314,28 @@ impl<C> Clone for Builder<C> {
 impl<C> Default for Builder<C> {
     fn default() -> Builder<C> {
         Builder {
-            swap: 64 * 1024,
+            swap: None,
             events: 1024,
             cpu: None,
             busy_poll: None,
             write_limit: None,
+            backend: None,
             _ctx: PhantomData,
         }
     }
 }
 
 impl<C> Builder<C> {
-    /// Size of the swap buffer that `None`-buffer reads land in (default 64 KiB).
-    /// All swap reads of one batch share it; when it is used up the remaining ones
-    /// wait for the next `wait_io`.
+    /// Size of the swap buffer that `None`-buffer reads land in (default 64 KiB
+    /// on epoll, 16 MiB on io_uring). All swap reads of one batch share it; when
+    /// it is used up the remaining ones wait for the next `wait_io`.
+    ///
+    /// On io_uring it is a ring of provided buffers the kernel fills while the
+    /// application works, one receive per buffer: buffers of the size given, up
+    /// to 16 KiB (one read returns at most that much), as many as fit (rounded
+    /// down to a power of two). Its pages are touched as receives use them.
     pub fn swap_buffer(mut self, bytes: usize) -> Self {
-        self.swap = bytes;
+        self.swap = Some(bytes);
         self
     }
 
@@ -330,14 +370,30 @@ impl<C> Builder<C> {
         self
     }
 
+    /// The kernel interface to drive (default: [`Backend::from_env`], which is
+    /// `Epoll` unless `GAIO_BACKEND` says otherwise). See [`Backend`].
+    ///
+    /// ```
+    /// use gaio_core::{Backend, Watcher};
+    /// // io_uring where the kernel offers it, epoll otherwise.
+    /// let w: Watcher<()> = Watcher::builder().backend(Backend::Auto).build()?;
+    /// println!("running on {}", w.stats().backend);
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// Creates the watcher.
     ///
     /// # Errors
     /// [`Error::InvalidCpu`] when the core set with [`cpu`](Self::cpu) is not one
     /// this thread may run on; [`Error::Io`] when the poller cannot be created or
-    /// the swap buffer size is 0.
+    /// the swap buffer size is 0, or (kind `Unsupported`, saying what is missing)
+    /// when [`Backend::IoUring`] was asked for and the kernel does not offer it.
     pub fn build(self) -> Result<Watcher<C>> {
-        if self.swap == 0 {
+        if self.swap == Some(0) {
             return Err(Error::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "swap buffer must hold at least one byte",
@@ -349,18 +405,34 @@ impl<C> Builder<C> {
                 return Err(Error::InvalidCpu(core));
             }
         }
-        let driver = Driver::new(self.events)?;
-        let waker = Waker::new(driver.poller(), WAKE_TOKEN)?;
+        let backend = self.backend.unwrap_or_else(Backend::from_env);
+        let (driver, waker) = match backend {
+            Backend::Epoll => readiness(self.events)?,
+            Backend::IoUring => uring(self.swap.unwrap_or(URING_SWAP))?,
+            Backend::Auto => uring(self.swap.unwrap_or(URING_SWAP)).or_else(|e| {
+                tracing::info!(error = %e, "gaio: io_uring unavailable, using epoll");
+                readiness(self.events)
+            })?,
+        };
+        let ring = RingMem(match &driver {
+            #[cfg(target_os = "linux")]
+            Driver::Uring(d) => d.ring_mem(),
+            _ => std::ptr::null(),
+        });
+        tracing::debug!(backend = %driver.backend(), "gaio watcher built");
+        // The readiness driver reads into this; the completion driver copies
+        // into it the bytes that arrived before their read.
+        let swap = match &driver {
+            Driver::Poll(_) => self.swap.unwrap_or(64 * 1024),
+            #[cfg(target_os = "linux")]
+            Driver::Uring(_) => self.swap.unwrap_or(URING_SWAP).min(64 * 1024),
+        };
         let shared = Arc::new(Shared::new(waker));
-        Ok(Watcher {
-            eng: RefCell::new(Engine::new(
-                shared.clone(),
-                driver,
-                self.swap,
-                self.write_limit,
-            )),
+        let w = Watcher {
+            ring,
+            eng: RefCell::new(Engine::new(shared.clone(), driver, swap, self.write_limit)),
             shared,
-            swap: vec![0; self.swap].into_boxed_slice(),
+            swap: vec![0; swap].into_boxed_slice(),
             batch: Vec::new(),
             batch_used: 0,
             batch_trim: Trim::default(),
@@ -370,8 +442,57 @@ impl<C> Builder<C> {
             pinned_on: None,
             busy_poll: self.busy_poll,
             closed: false,
-        })
+        };
+        // Submitter::stats tells the backend from the start.
+        w.shared.publish(&w.stats());
+        Ok(w)
     }
+}
+
+/// The readiness driver and its waker.
+fn readiness(events: usize) -> Result<(Driver, Waker)> {
+    let driver = poll::Driver::new(events)?;
+    let waker = Waker::new(driver.poller(), WAKE_TOKEN)?;
+    Ok((Driver::Poll(driver), waker))
+}
+
+/// The io_uring swap buffer by default: 1,024 ring buffers of 16 KiB.
+const URING_SWAP: usize = 16 << 20;
+
+/// The io_uring driver and its waker, or why not. Swap-buffer reads land in a
+/// ring of `swap` bytes (see [`Builder::swap_buffer`]).
+#[cfg(target_os = "linux")]
+fn uring(swap: usize) -> Result<(Driver, Waker)> {
+    use crate::driver::uring;
+    let waker = Waker::eventfd()?;
+    let buffer_len = swap.min(16 * 1024);
+    let count = (swap / buffer_len).min(1 << 15);
+    // A power of two (the ring's index mask), rounded down.
+    let count = 1u16 << count.ilog2();
+    let cfg = uring::Config {
+        entries: 2048,
+        buffers: count,
+        buffer_len: buffer_len as u32,
+    };
+    let driver = uring::Driver::new(cfg, &waker).map_err(|e| {
+        if e.kind() == io::ErrorKind::Unsupported {
+            Error::Io(e)
+        } else {
+            Error::Io(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring unavailable: {e}"),
+            ))
+        }
+    })?;
+    Ok((Driver::Uring(driver), waker))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn uring(_swap: usize) -> Result<(Driver, Waker)> {
+    Err(Error::Io(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "io_uring is Linux only",
+    )))
 }
 
 /// A proactor: owns registered connections, performs their reads and writes inside
@@ -406,6 +527,7 @@ pub struct Watcher<C> {
     eng: RefCell<Engine<C>>,
     shared: Arc<Shared<C>>,
     swap: Box<[u8]>,
+    ring: RingMem,
     /// The batch being handed out: the engine's completions, swapped in at the
     /// end of each `wait_io`.
     batch: Vec<Done<C>>,
@@ -656,7 +778,8 @@ impl<C> Watcher<C> {
         let eng = self.eng.get_mut();
         let swap = &mut self.swap[..];
         self.batch_trim.after(&mut self.batch, self.batch_used);
-        // The previous batch's borrow of the swap buffer has ended.
+        // The previous batch's borrow of the swap buffer (and ring) has ended.
+        eng.recycle_ring();
         eng.retry_swap_waiters(swap);
         loop {
             eng.tick();
@@ -664,6 +787,8 @@ impl<C> Watcher<C> {
                 eng.run_remote();
             }
             eng.run_dirty(swap);
+            // Completions a cancellation reaped on the way (io_uring).
+            eng.dispatch_reaped(swap);
             eng.expire(swap);
             eng.retry_backoff(swap);
             if std::mem::take(&mut eng.woken) && eng.done.is_empty() {
@@ -672,7 +797,7 @@ impl<C> Watcher<C> {
             if !eng.done.is_empty() {
                 // Completions already: return them without a poll, but poll (without
                 // blocking) every other batch so readiness cannot starve.
-                if self.skipped_poll && eng.driver.poll(Some(Duration::ZERO))? {
+                if self.skipped_poll && eng.poll_driver(Some(Duration::ZERO))? {
                     eng.dispatch(swap);
                 }
                 self.skipped_poll = !self.skipped_poll;
@@ -684,6 +809,14 @@ impl<C> Watcher<C> {
             if let Some(next) = eng.next_deadline() {
                 let d = next.saturating_duration_since(eng.now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            // Nothing of this batch borrows ring bytes yet: reads that found
+            // the ring empty need not wait for the next call.
+            if eng.recycle_ring() {
+                eng.retry_swap_waiters(swap);
+                if !eng.done.is_empty() {
+                    continue;
+                }
             }
             if park(&mut eng.core, &mut self.trims, self.busy_poll, timeout)? {
                 eng.dispatch(swap);
@@ -706,6 +839,7 @@ impl<C> Watcher<C> {
         Ok(Completions {
             inner: self.batch.drain(..),
             swap: &self.swap,
+            ring: self.ring,
             eng: &self.eng,
         })
     }
@@ -720,13 +854,13 @@ fn park<C>(
     timeout: Option<Duration>,
 ) -> Result<bool> {
     if timeout == Some(Duration::ZERO) {
-        return Ok(eng.driver.poll(timeout)?);
+        return Ok(eng.poll_driver(timeout)?);
     }
     if let Some(spin) = busy_poll {
         let spin = timeout.map_or(spin, |t| t.min(spin));
         let start = Instant::now();
         loop {
-            if eng.driver.poll(Some(Duration::ZERO))? {
+            if eng.poll_driver(Some(Duration::ZERO))? {
                 return Ok(true);
             }
             if eng.remote_pending() {
@@ -747,7 +881,7 @@ fn park<C>(
         eng.shared.parked.store(false, Ordering::Relaxed);
         return Ok(false);
     }
-    let res = eng.driver.poll(timeout);
+    let res = eng.poll_driver(timeout);
     eng.shared.parked.store(false, Ordering::Relaxed);
     Ok(res?)
 }

@@ -331,6 +331,7 @@ impl<C, M> Handle<C, M> {
                     completions: st.completions,
                     accepts: w.counters.accepts.load(Ordering::Relaxed),
                     messages: w.counters.messages.load(Ordering::Relaxed),
+                    backend: st.backend,
                 }
             })
             .collect();
@@ -387,6 +388,8 @@ pub struct WatcherStats {
     pub accepts: u64,
     /// Messages delivered to this watcher's handler.
     pub messages: u64,
+    /// The kernel interface the watcher runs on.
+    pub backend: gaio_core::Backend,
 }
 
 /// The whole pool's figures, from [`Handle::stats`].
@@ -511,6 +514,7 @@ pub struct Builder {
     swap: usize,
     busy_poll: Option<Duration>,
     write_limit: Option<usize>,
+    backend: Option<gaio_core::Backend>,
     balancer: BalancerKind,
     grace: Duration,
 }
@@ -523,6 +527,7 @@ impl Default for Builder {
             swap: 64 * 1024,
             busy_poll: None,
             write_limit: None,
+            backend: None,
             balancer: BalancerKind::RoundRobin,
             grace: Duration::from_secs(5),
         }
@@ -561,6 +566,29 @@ impl Builder {
     /// with [`Error::WriteLimit`], the sign of a peer that stopped reading.
     pub fn write_limit(mut self, bytes: Option<usize>) -> Builder {
         self.write_limit = bytes;
+        self
+    }
+
+    /// The kernel interface of every watcher (see `gaio_core::Backend`; default
+    /// `Backend::from_env()`, epoll unless `GAIO_BACKEND` says otherwise).
+    /// `Backend::Auto` resolves once per watcher; `PoolStats`' watchers say
+    /// what each got.
+    ///
+    /// ```
+    /// use gaio_pool::{Event, Handler, Io, Pool};
+    /// struct Nop;
+    /// impl Handler<()> for Nop {
+    ///     fn on_event(&mut self, _: &Io<'_, ()>, _: Event<'_, ()>) {}
+    /// }
+    /// let pool: Pool<()> = Pool::builder()
+    ///     .watchers(1)
+    ///     .backend(gaio_core::Backend::Auto)
+    ///     .build(|_| Nop)?;
+    /// # drop(pool);
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    pub fn backend(mut self, backend: gaio_core::Backend) -> Builder {
+        self.backend = Some(backend);
         self
     }
 
@@ -615,6 +643,9 @@ impl Builder {
                 .swap_buffer(self.swap)
                 .busy_poll(self.busy_poll)
                 .write_limit(self.write_limit);
+            if let Some(backend) = self.backend {
+                b = b.backend(backend);
+            }
             if pin {
                 if let Some(&c) = cores.get(i) {
                     b = b.cpu(c);

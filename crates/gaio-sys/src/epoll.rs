@@ -1,7 +1,7 @@
 //! epoll backend (Linux, Android). Mirrors `kqueue.rs`: same names, same rules.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use crate::timeout_ms;
@@ -186,9 +186,8 @@ impl Waker {
     /// # Errors
     /// Whatever `eventfd` or `epoll_ctl` reports.
     pub fn new(poller: &Poller, token: u64) -> io::Result<Waker> {
-        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
-        // SAFETY: eventfd just returned this fd and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let waker = Waker::eventfd()?;
+        let fd = waker.fd;
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLET) as u32,
             u64: token,
@@ -199,6 +198,18 @@ impl Waker {
             fd.as_raw_fd(),
             &mut ev
         ))?;
+        Ok(Waker { fd })
+    }
+
+    /// A waker on no poller: its eventfd ([`AsFd`]) is for an io_uring poll,
+    /// which reports every wake as one completion.
+    ///
+    /// # Errors
+    /// Whatever `eventfd` reports.
+    pub fn eventfd() -> io::Result<Waker> {
+        let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+        // SAFETY: eventfd just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Waker { fd })
     }
 
@@ -231,5 +242,11 @@ impl Waker {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+impl AsFd for Waker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }

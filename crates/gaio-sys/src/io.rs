@@ -286,6 +286,26 @@ fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// The peer address of a connected socket (`getpeername`): `None` for other
+/// families than IPv4/IPv6 (Unix sockets) or when the peer is gone already.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all-zeroes is a valid (unspecified) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len are valid for writes of the lengths given.
+    let res = unsafe {
+        libc::getpeername(
+            fd.as_raw_fd(),
+            (&raw mut storage).cast::<libc::sockaddr>(),
+            &mut len,
+        )
+    };
+    if res != 0 {
+        return None;
+    }
+    sockaddr_to_std(&storage)
+}
+
 fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {

@@ -124,7 +124,7 @@ mod io;
 
 pub use affinity::{current_thread_affinity, pin_current_thread};
 pub use io::{
-    AcceptError, FdKind, accept, connect_tcp, connect_unix, fd_kind, read, send, sendv,
+    AcceptError, FdKind, accept, connect_tcp, connect_unix, fd_kind, peer_addr, read, send, sendv,
     set_nonblocking, shutdown_write, take_error, write, writev,
 };
 

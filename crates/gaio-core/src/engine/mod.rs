@@ -10,6 +10,9 @@
 //! through the driver and, when the request's own policy says it is complete,
 //! [`Engine::finish`]es it into `done`.
 
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod complete;
 mod table;
 mod timer;
 
@@ -22,10 +25,10 @@ use std::time::{Duration, Instant};
 use gaio_sys::{AcceptError, FdKind, IOV_MAX};
 
 use crate::conn::Token;
-use crate::driver::Driver;
 use crate::driver::poll::Ready;
+use crate::driver::{Cqes, Driver};
 use crate::queue::{Cmd, Shared};
-use crate::req::{Buf, Direction, Kind, NO_TIMER, Req, Step};
+use crate::req::{Buf, Direction, EXPIRED, Kind, NO_TIMER, Req, Step};
 use crate::{Conn, Error, Op, Result, Stats};
 
 use table::ConnState;
@@ -46,6 +49,11 @@ pub(crate) enum DoneBuf {
         off: usize,
         len: usize,
     },
+    /// Bytes a swap-buffer read received in the io_uring buffer ring.
+    Ring {
+        off: usize,
+        len: usize,
+    },
     /// The peer is boxed (one small allocation per accept) so that every other
     /// completion stays small.
     Accepted {
@@ -60,6 +68,9 @@ pub(crate) enum Extra {
     None,
     /// A swap-buffer read landed at this offset.
     Swap(usize),
+    /// A swap-buffer read landed at this offset of the io_uring buffer ring.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Ring(usize),
     /// An accept produced this connection.
     Accepted(Conn, Option<SocketAddr>),
 }
@@ -135,6 +146,18 @@ pub(crate) struct Core<C> {
     accepted: Vec<(Conn, OwnedFd)>,
     /// Listeners waiting out fd exhaustion.
     backoff: Vec<Backoff>,
+    /// Completions of the last io_uring wait, and how many were dispatched.
+    cqes: Cqes,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    cqe_at: usize,
+    /// Results that arrived (io_uring) before the read or accept they are for.
+    /// In arrival order, by slot: few and short-lived (one list, no map, so
+    /// the steady state allocates nothing).
+    #[cfg(target_os = "linux")]
+    early: Vec<(u32, complete::Early)>,
+    /// Emptied byte buffers of `early`, for the next ones.
+    #[cfg(target_os = "linux")]
+    spare: Vec<Vec<u8>>,
 }
 
 impl<C> std::ops::Deref for Engine<C> {
@@ -157,6 +180,16 @@ impl<C> Engine<C> {
         swap_len: usize,
         write_limit: Option<usize>,
     ) -> Engine<C> {
+        // io_uring sets early bytes aside in these: sized up front, so an echo's
+        // steady state allocates nothing (64 KiB per watcher, with the ring).
+        #[cfg(target_os = "linux")]
+        let (early, spare) = if driver.is_uring() {
+            let mut spare = Vec::with_capacity(64);
+            spare.extend((0..4).map(|_| Vec::with_capacity(16 * 1024)));
+            (Vec::with_capacity(64), spare)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         Engine {
             table: Table::new(),
             core: Core {
@@ -179,6 +212,12 @@ impl<C> Engine<C> {
                 write_limit: write_limit.unwrap_or(usize::MAX),
                 accepted: Vec::new(),
                 backoff: Vec::new(),
+                cqes: Cqes::new(),
+                cqe_at: 0,
+                #[cfg(target_os = "linux")]
+                early,
+                #[cfg(target_os = "linux")]
+                spare,
             },
         }
     }
@@ -311,6 +350,8 @@ impl<C> Engine<C> {
             Kind::Close => {
                 // Reads end now; writes before the close still go out.
                 c.draining = true;
+                #[cfg(target_os = "linux")]
+                core.settle_reads(c, conn.slot);
                 while let Some(r) = c.queue(Direction::Read).pop() {
                     let done = r.done();
                     core.finish(conn, r, done, Err(Error::ConnClosed), Extra::None);
@@ -437,10 +478,15 @@ impl<C> Engine<C> {
 
     /// Handles the readiness the last poll reported.
     pub fn dispatch(&mut self, swap: &mut [u8]) {
+        #[cfg(target_os = "linux")]
+        if self.driver.is_uring() {
+            self.dispatch_cqes(swap);
+            return;
+        }
         let Engine { table, core } = self;
         let mut ready = std::mem::take(&mut core.ready);
         ready.clear();
-        ready.extend(core.driver.events());
+        ready.extend(core.driver.ready().events());
         for ev in &ready {
             let Some(c) = table.live_mut(ev.token.slot, ev.token.generation) else {
                 continue; // an event for a freed (or not yet installed) connection
@@ -455,6 +501,25 @@ impl<C> Engine<C> {
         core.ready = ready;
     }
 
+    /// Lends the kernel again the io_uring ring buffers of batches that are
+    /// over; whether any.
+    pub fn recycle_ring(&mut self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Driver::Uring(d) = &mut self.core.driver {
+            return d.recycle();
+        }
+        false
+    }
+
+    /// Applies completions reaped outside a wait (by a cancellation) and not
+    /// dispatched yet.
+    #[inline]
+    pub fn dispatch_reaped(&mut self, swap: &mut [u8]) {
+        if !self.cqes.is_empty() {
+            self.dispatch(swap);
+        }
+    }
+
     /// Completes every request whose deadline has passed.
     pub fn expire(&mut self, swap: &mut [u8]) {
         let Engine { table, core } = self;
@@ -467,8 +532,20 @@ impl<C> Engine<C> {
                 continue;
             };
             debug_assert!(c.generation == t.generation && c.fd.is_some());
-            let Some((mut req, was_head)) = c.queue(t.dir).take_by_timer(t.id) else {
-                debug_assert!(false, "armed timer without its request");
+            #[cfg(target_os = "linux")]
+            let id = if core.driver.is_uring() {
+                // An operation may hold its buffer: that ends first.
+                core.unflight(c, t.slot, t.dir, t.id)
+            } else {
+                t.id
+            };
+            #[cfg(not(target_os = "linux"))]
+            let id = t.id;
+            let Some((mut req, was_head)) = c.queue(t.dir).take_by_timer(id) else {
+                // Completed by the operation that was cancelled for it: what
+                // is next in line moves on.
+                debug_assert!(id == EXPIRED, "armed timer without its request");
+                core.progress(c, t.slot, swap);
                 continue;
             };
             req.set_timer(NO_TIMER); // already out of the heap
@@ -486,7 +563,7 @@ impl<C> Engine<C> {
                 // A connect that never finished, or a close whose writes never
                 // drained: the connection goes now.
                 core.close(c, t.slot);
-            } else if was_head {
+            } else if was_head || core.driver.is_uring() {
                 // The next request in line may be able to proceed now.
                 core.progress(c, t.slot, swap);
             }
@@ -516,6 +593,12 @@ impl<C> Engine<C> {
 
     /// Drops every connection (closing its fd) and every pending request.
     pub fn clear(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            // No operation may still hold a buffer of what is dropped here.
+            self.core.settle_all();
+            self.core.early.clear();
+        }
         self.table.clear();
         let core = &mut self.core;
         core.shared.counts.closed(core.stats.conns as u64);
@@ -536,9 +619,16 @@ impl<C> Core<C> {
     pub fn stats(&self) -> Stats {
         Stats {
             timers: self.timers.len(),
-            syscalls: self.driver.syscalls,
+            syscalls: self.driver.syscalls(),
+            backend: self.driver.backend(),
             ..self.stats
         }
+    }
+
+    /// Waits for readiness or completions (see [`Driver::poll`]).
+    #[inline]
+    pub fn poll_driver(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.driver.poll(timeout, &mut self.cqes)
     }
 
     /// The time, read once per turn and only if asked for.
@@ -595,6 +685,11 @@ impl<C> Core<C> {
     /// head request of each direction while the fd is ready for it.
     #[inline]
     pub fn progress(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut [u8]) {
+        #[cfg(target_os = "linux")]
+        if self.driver.is_uring() {
+            self.submit_ops(c, slot, swap);
+            return;
+        }
         loop {
             while self.read_once(c, slot, swap) {}
             let connecting = c.connecting;
@@ -630,7 +725,7 @@ impl<C> Core<C> {
         let (res, want) = match req.read_target() {
             Some(target) => {
                 let want = target.len();
-                (self.driver.read(p.fd.as_fd(), target), want)
+                (self.driver.ready().read(p.fd.as_fd(), target), want)
             }
             None => {
                 let room = self.swap_len - swap_off;
@@ -641,7 +736,12 @@ impl<C> Core<C> {
                     }
                     return false;
                 }
-                (self.driver.read(p.fd.as_fd(), &mut swap[swap_off..]), room)
+                (
+                    self.driver
+                        .ready()
+                        .read(p.fd.as_fd(), &mut swap[swap_off..]),
+                    room,
+                )
             }
         };
         let swap_read = matches!(req.buf, Buf::None);
@@ -681,57 +781,86 @@ impl<C> Core<C> {
         let Some(fd) = c.fd.as_ref() else {
             return false;
         };
-        let listener = self.conn(slot, c.generation);
-        self.driver.syscalls += 1;
-        let (result, extra) = match gaio_sys::accept(fd.as_fd()) {
+        self.driver.count_syscall();
+        match gaio_sys::accept(fd.as_fd()) {
             Ok((fd, peer)) => {
-                self.backoff.retain(|b| b.slot != slot);
-                match self.shared.slots.alloc() {
-                    Some(conn) => {
-                        self.shared.counts.opened();
-                        self.accepted.push((conn, fd));
-                        (Ok(()), Extra::Accepted(conn, peer))
-                    }
-                    None => (
-                        Err(Error::Io(io::Error::other("too many connections"))),
-                        Extra::None,
-                    ),
-                }
+                self.accepted_one(c, slot, fd, peer);
+                true
             }
             Err(e) => match AcceptError::of(&e) {
                 AcceptError::WouldBlock => {
                     c.ready.clear(Direction::Read);
-                    return false;
+                    false
                 }
-                AcceptError::Transient => return true,
-                AcceptError::Exhausted => {
-                    // Pause, doubling, then try again: no event will come.
-                    c.ready.clear(Direction::Read);
-                    let now = self.now();
-                    let generation = c.generation;
-                    match self.backoff.iter_mut().find(|b| b.slot == slot) {
-                        Some(b) => {
-                            b.step = (b.step * 2).min(BACKOFF_MAX);
-                            b.at = Some(now + b.step);
-                        }
-                        None => {
-                            tracing::warn!(slot, error = %e, "gaio: accept failed, backing off");
-                            self.backoff.push(Backoff {
-                                slot,
-                                generation,
-                                at: Some(now + BACKOFF_MIN),
-                                step: BACKOFF_MIN,
-                            });
-                        }
-                    }
-                    return false;
+                AcceptError::Fatal => {
+                    let listener = self.conn(slot, c.generation);
+                    let req = c.queue(Direction::Read).pop().expect("accept head present");
+                    self.finish(listener, req, 0, Err(Error::Io(e)), Extra::None);
+                    true
                 }
-                AcceptError::Fatal => (Err(Error::Io(e)), Extra::None),
+                _ => self.accept_failed(c, slot, e),
             },
+        }
+    }
+
+    /// A listener accepted `fd`: the head accept request completes with it, as
+    /// a new connection (installed before the batch is handed out). `peer`:
+    /// asked for when `None`.
+    #[cold]
+    fn accepted_one(
+        &mut self,
+        c: &mut ConnState<C>,
+        slot: u32,
+        fd: OwnedFd,
+        peer: Option<SocketAddr>,
+    ) {
+        let listener = self.conn(slot, c.generation);
+        self.backoff.retain(|b| b.slot != slot);
+        let (result, extra) = match self.shared.slots.alloc() {
+            Some(conn) => {
+                let peer = peer.or_else(|| {
+                    self.driver.count_syscall();
+                    gaio_sys::peer_addr(fd.as_fd())
+                });
+                self.shared.counts.opened();
+                self.accepted.push((conn, fd));
+                (Ok(()), Extra::Accepted(conn, peer))
+            }
+            None => (
+                Err(Error::Io(io::Error::other("too many connections"))),
+                Extra::None,
+            ),
         };
         let req = c.queue(Direction::Read).pop().expect("accept head present");
         self.finish(listener, req, 0, result, extra);
-        true
+    }
+
+    /// An accept failed with a transient error (try again: true) or for want
+    /// of fds: pause, doubling, then try again (no event will come).
+    #[cold]
+    fn accept_failed(&mut self, c: &mut ConnState<C>, slot: u32, e: io::Error) -> bool {
+        if AcceptError::of(&e) != AcceptError::Exhausted {
+            return true;
+        }
+        c.ready.clear(Direction::Read);
+        let now = self.now();
+        let generation = c.generation;
+        match self.backoff.iter_mut().find(|b| b.slot == slot) {
+            Some(b) => {
+                b.step = (b.step * 2).min(BACKOFF_MAX);
+                b.at = Some(now + b.step);
+            }
+            None => {
+                tracing::warn!(slot, error = %e, "gaio: accept failed, backing off");
+                self.backoff.push(Backoff {
+                    slot,
+                    generation,
+                    at: Some(now + BACKOFF_MIN),
+                    step: BACKOFF_MIN,
+                });
+            }
+        }
+        false
     }
 
     /// One step for the head of the write queue, if there is one and the fd is
@@ -758,6 +887,7 @@ impl<C> Core<C> {
             // The common case, one write: no iovec array to fill.
             None => self
                 .driver
+                .ready()
                 .write(fd.as_fd(), c.socket, std::slice::from_ref(&first))
                 .map(|n| (n, first.len())),
             Some(queued) => {
@@ -771,32 +901,18 @@ impl<C> Core<C> {
                     n += 1;
                 }
                 self.driver
+                    .ready()
                     .write(fd.as_fd(), c.socket, &iov[..n])
                     .map(|n| (n, want))
             }
         };
         let conn = self.conn(slot, c.generation);
         match res {
-            Ok((mut written, want)) => {
+            Ok((written, want)) => {
                 if written < want {
                     c.ready.short(Direction::Write);
                 }
-                c.queued -= written;
-                self.stats.queued_write_bytes -= written;
-                let mut q = c.queue(Direction::Write);
-                while written > 0 {
-                    let head = q.head.as_mut().expect("bytes written belong to a request");
-                    let left = head.unsent().len();
-                    if written < left {
-                        head.advance(written);
-                        break;
-                    }
-                    written -= left;
-                    head.advance(left);
-                    let req = q.pop().expect("write head present");
-                    let size = req.done();
-                    self.finish(conn, req, size, Ok(()), Extra::None);
-                }
+                self.wrote(c, conn, written);
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -804,15 +920,44 @@ impl<C> Core<C> {
                 false
             }
             Err(e) => {
-                let req = c.queue(Direction::Write).pop().expect("write head present");
-                let unsent = req.unsent().len();
-                c.queued -= unsent;
-                self.stats.queued_write_bytes -= unsent;
-                let size = req.done();
-                self.finish(conn, req, size, Err(Error::Io(e)), Extra::None);
+                self.write_failed(c, conn, e);
                 true
             }
         }
+    }
+
+    /// `written` bytes of the queued writes went out, in order: the requests
+    /// they finish complete.
+    #[inline]
+    fn wrote(&mut self, c: &mut ConnState<C>, conn: Conn, mut written: usize) {
+        c.queued -= written;
+        self.stats.queued_write_bytes -= written;
+        let mut q = c.queue(Direction::Write);
+        while written > 0 {
+            let head = q.head.as_mut().expect("bytes written belong to a request");
+            let left = head.unsent().len();
+            if written < left {
+                head.advance(written);
+                break;
+            }
+            written -= left;
+            head.advance(left);
+            let req = q.pop().expect("write head present");
+            let size = req.done();
+            self.finish(conn, req, size, Ok(()), Extra::None);
+        }
+    }
+
+    /// The head write failed: it completes with the error; its unsent bytes
+    /// leave the queue.
+    #[cold]
+    fn write_failed(&mut self, c: &mut ConnState<C>, conn: Conn, e: io::Error) {
+        let req = c.queue(Direction::Write).pop().expect("write head present");
+        let unsent = req.unsent().len();
+        c.queued -= unsent;
+        self.stats.queued_write_bytes -= unsent;
+        let size = req.done();
+        self.finish(conn, req, size, Err(Error::Io(e)), Extra::None);
     }
 
     /// A connect, shutdown or close at the head of the write queue: every write
@@ -824,7 +969,7 @@ impl<C> Core<C> {
             return false;
         };
         let conn = self.conn(slot, c.generation);
-        self.driver.syscalls += 1;
+        self.driver.count_syscall();
         let result = match kind {
             Kind::Connect => match gaio_sys::take_error(fd.as_fd()) {
                 Ok(None) => {
@@ -859,7 +1004,7 @@ impl<C> Core<C> {
     fn close(&mut self, c: &mut ConnState<C>, slot: u32) {
         if let Some(fd) = self.take(c, slot) {
             drop(fd);
-            self.driver.syscalls += 1; // the close
+            self.driver.count_syscall(); // the close
         }
     }
 
@@ -869,6 +1014,16 @@ impl<C> Core<C> {
     fn take(&mut self, c: &mut ConnState<C>, slot: u32) -> Option<OwnedFd> {
         let fd = c.fd.take()?;
         let conn = self.conn(slot, c.generation);
+        #[cfg(target_os = "linux")]
+        if self.driver.is_uring() {
+            use std::os::fd::AsRawFd;
+            // Operations in flight hold buffers of the requests ended below.
+            self.settle(c, slot, u8::MAX, Some(fd.as_raw_fd()));
+            if c.early {
+                c.early = false;
+                self.early.retain(|(s, _)| *s != slot); // accepted fds close with it
+            }
+        }
         self.driver.deregister(fd.as_fd());
         let mut pending = [0; 2];
         for (i, dir) in [Direction::Read, Direction::Write].into_iter().enumerate() {
@@ -910,7 +1065,7 @@ impl<C> Core<C> {
         result: Result<()>,
         extra: Extra,
     ) {
-        if req.timer() != NO_TIMER {
+        if req.timer() < EXPIRED {
             self.timers.remove(req.timer());
         }
         if let Err(e) = &result {
@@ -923,6 +1078,10 @@ impl<C> Core<C> {
             (Buf::Owned(v), _) => DoneBuf::Owned(v),
             (Buf::Shared(b), _) => DoneBuf::Shared(b),
             (Buf::None, Extra::Swap(off)) => DoneBuf::Swap {
+                off,
+                len: if result.is_ok() { size } else { 0 },
+            },
+            (Buf::None, Extra::Ring(off)) => DoneBuf::Ring {
                 off,
                 len: if result.is_ok() { size } else { 0 },
             },
@@ -956,6 +1115,9 @@ impl<C> Core<C> {
         trim.dirty.at_park(&mut self.dirty);
         trim.done.at_park(&mut self.done);
         trim.ready.at_park(&mut self.ready);
+        if self.cqes.is_empty() && self.cqes.capacity() > 256 {
+            self.cqes = Cqes::new();
+        }
     }
 }
 

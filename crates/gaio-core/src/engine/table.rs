@@ -95,6 +95,17 @@ impl<C> Queue<'_, C> {
         std::mem::replace(self.head, next)
     }
 
+    /// The request armed with timer `id`, and its place in line.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub fn find_by_timer(&mut self, id: u32) -> Option<(usize, &mut Req<C>)> {
+        if let Some(r) = self.head.as_mut().filter(|r| r.timer() == id) {
+            return Some((0, r));
+        }
+        let q = self.rest.as_mut()?;
+        let i = q.iter().position(|r| r.timer() == id)?;
+        Some((i + 1, &mut q[i]))
+    }
+
     /// Removes the request armed with timer `id`; says whether it was the head
     /// (then the next one may be able to proceed).
     pub fn take_by_timer(&mut self, id: u32) -> Option<(Req<C>, bool)> {
@@ -141,6 +152,13 @@ pub(crate) struct ConnState<C> {
     pub connecting: bool,
     /// Bytes of the queued writes not sent yet (what the write limit bounds).
     pub queued: usize,
+    /// io_uring: the operations in flight (`driver::uring::op` bits) and how
+    /// many queued writes the write in flight covers.
+    pub ops: u8,
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub wr_n: u8,
+    /// io_uring: results wait in the engine for the next read or accept.
+    pub early: bool,
     read: Option<Req<C>>,
     write: Option<Req<C>>,
     spill: Option<Box<Spill<C>>>,
@@ -159,6 +177,9 @@ impl<C> ConnState<C> {
             draining: false,
             connecting: false,
             queued: 0,
+            ops: 0,
+            wr_n: 0,
+            early: false,
             read: None,
             write: None,
             spill: None,
@@ -237,6 +258,10 @@ impl<C> ConnState<C> {
     /// Back to vacant under the next generation; the queues must be empty.
     pub fn retire(&mut self, next_generation: u32) {
         debug_assert!(self.read.is_none() && self.write.is_none());
+        debug_assert!(
+            self.ops == 0 && !self.early,
+            "retired with io_uring work left"
+        );
         *self = ConnState {
             generation: next_generation,
             ..ConnState::vacant()

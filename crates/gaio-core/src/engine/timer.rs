@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::req::{Direction, NO_TIMER};
+use crate::req::{Direction, EXPIRED};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Expired {
@@ -56,7 +56,7 @@ impl Timers {
                 (self.entries.len() - 1) as u32
             }
         };
-        assert!(id < NO_TIMER, "over 2^30 - 1 deadlines armed at once");
+        assert!(id < EXPIRED, "over 2^28 - 2 deadlines armed at once");
         self.heap.push(id);
         self.sift_up(pos as usize);
         id
