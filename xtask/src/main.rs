@@ -47,7 +47,11 @@ Runs, in order, stopping at the first failure: cargo fmt --check; cargo clippy
 x86_64-apple-darwin, aarch64-apple-darwin, x86_64-unknown-freebsd and
 x86_64-unknown-netbsd (a missing target is installed with rustup; if rustup cannot
 download it, that target is skipped with a one-line note); cargo doc --workspace
---no-deps with warnings denied; cargo test --workspace; cargo xtask bench --quick.
+--no-deps with warnings denied; cargo test --workspace (on the default backend,
+epoll); the tests of gaio-core (every core test, the model-based test, the fuzz
+target's replay, the zero-allocation test), gaio-pool and the examples again with
+GAIO_BACKEND=uring (reported as SKIPPED, loudly, where io_uring is unavailable);
+cargo xtask bench --quick.
 ";
 
 const BENCH_USAGE: &str = "\
@@ -321,6 +325,21 @@ fn ci(args: &[String]) -> Result<(), Fail> {
         "cargo test",
         cargo().current_dir(root).args(["test", "--workspace"]),
     )?;
+    match uring_unavailable() {
+        None => run(
+            "cargo test on io_uring (GAIO_BACKEND=uring)",
+            cargo()
+                .current_dir(root)
+                .args(["test", "-p", "gaio-core", "-p", "gaio-pool", "-p", "gaio"])
+                .args(["--tests"])
+                .env("GAIO_BACKEND", "uring"),
+        )?,
+        Some(why) => {
+            eprintln!("==============================================================");
+            eprintln!("SKIPPED: the io_uring test run: {why}");
+            eprintln!("==============================================================");
+        }
+    }
     // Figures are printed, never asserted: timing belongs in benchmarks.
     Ok(bench::bench(
         &p,
@@ -329,6 +348,14 @@ fn ci(args: &[String]) -> Result<(), Fail> {
             instructions: false,
         },
     )?)
+}
+
+/// Why the io_uring backend cannot run here, if it cannot.
+fn uring_unavailable() -> Option<String> {
+    let w = gaio_core::Watcher::<()>::builder()
+        .backend(gaio_core::Backend::IoUring)
+        .build();
+    w.err().map(|e| e.to_string())
 }
 
 /// Whether the standard library for `target` is installed, installing it with

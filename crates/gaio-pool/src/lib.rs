@@ -575,15 +575,12 @@ impl Builder {
     /// what each got.
     ///
     /// ```
-    /// use gaio_pool::{Event, Handler, Io, Pool};
-    /// struct Nop;
-    /// impl Handler<()> for Nop {
-    ///     fn on_event(&mut self, _: &Io<'_, ()>, _: Event<'_, ()>) {}
-    /// }
+    /// use gaio_pool::{Event, Io, Pool};
     /// let pool: Pool<()> = Pool::builder()
     ///     .watchers(1)
     ///     .backend(gaio_core::Backend::Auto)
-    ///     .build(|_| Nop)?;
+    ///     .build(|_| |_: &Io<'_, ()>, _: Event<'_, ()>| {})?;
+    /// println!("{}", pool.stats().watchers[0].backend);
     /// # drop(pool);
     /// # Ok::<(), gaio_core::Error>(())
     /// ```
