@@ -90,7 +90,11 @@ fn main() {
     let addr = if reuseport {
         pool.listen_reuseport(listen)
     } else {
-        pool.listen(listen)
+        // TCP_NODELAY on the listener, which Linux hands to every accepted
+        // socket: echoes go out at once, as the other bench servers' do.
+        nodelay_listener(listen)
+            .map_err(gaio::Error::Io)
+            .and_then(|l| pool.listen_on(l))
     }
     .unwrap_or_else(|e| {
         cli.fail(format!(
@@ -138,4 +142,15 @@ fn print_stats(pool: &Pool<()>) {
         );
     }
     let _ = out.flush();
+}
+
+/// A listener (backlog 4096) whose accepted sockets have `TCP_NODELAY`.
+fn nodelay_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
 }

@@ -80,6 +80,26 @@ fn servers() -> Vec<Server> {
             gaio: true,
             optional: false,
         },
+        Server {
+            // The same echo on the io_uring driver (skipped where it is refused).
+            name: "gaio-core io_uring",
+            bin: "examples/echo",
+            args: vec!["--backend".into(), "uring".into()],
+            gaio: true,
+            optional: true,
+        },
+        Server {
+            name: "gaio-pool io_uring",
+            bin: "examples/echo-pool",
+            args: vec![
+                "--watchers".into(),
+                cores.to_string(),
+                "--backend".into(),
+                "uring".into(),
+            ],
+            gaio: true,
+            optional: true,
+        },
     ]
 }
 
@@ -239,6 +259,12 @@ struct Figures {
     mb_per_s: f64,
     msgs_per_s: f64,
     cpu_ms_per_1k: f64,
+    /// 1,000 conns × 128 B ping-pong: msgs/s and server CPU per 1,000 msgs.
+    many_msgs_per_s: f64,
+    many_cpu_ms_per_1k: f64,
+    /// System calls per message (perf's raw_syscalls:sys_enter on the server).
+    sys_per_msg: f64,
+    many_sys_per_msg: f64,
     completion_8k_s: f64,
     regression: Vec<(usize, f64)>,
     fit: (f64, f64, f64),
@@ -290,6 +316,7 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
     let mut f = Figures::default();
     let (mut rt, mut p50, mut p99, mut mbs, mut mps, mut cpu, mut idle) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut many_mps, mut many_cpu, mut sys, mut many_sys) = (vec![], vec![], vec![], vec![]);
     let mut reg: Vec<Vec<f64>> = vec![Vec::new(); REGRESSION.len()];
     for run in 0..set.runs() {
         eprintln!("  {} run {}/{}", s.name, run + 1, set.runs());
@@ -337,6 +364,43 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
         let c1 = srv.cpu();
         mps.push(o.msgs as f64 / o.busy.as_secs_f64());
         cpu.push((c1 - c0) * 1000.0 / (o.msgs as f64 / 1000.0));
+        // 1,000 conns × 128 B ping-pong, with server CPU.
+        let many = Spec {
+            conns: 1000,
+            msg: 128,
+            rounds: Rounds::For(set.secs(1.5, 3.0)),
+            latencies: false,
+        };
+        let c0 = srv.cpu();
+        let o = load::run(srv.addr, many, PATIENCE)?;
+        let c1 = srv.cpu();
+        many_mps.push(o.msgs as f64 / o.busy.as_secs_f64());
+        many_cpu.push((c1 - c0) * 1000.0 / (o.msgs as f64 / 1000.0));
+        // System calls per message, counted by perf in runs of their own (the
+        // tracepoint costs CPU, so not in the runs above).
+        let short = Rounds::For(set.secs(0.5, 1.0));
+        sys.push(syscalls_per_msg(srv.pid(), || {
+            load::run(
+                srv.addr,
+                Spec {
+                    conns: 100,
+                    msg: 1024,
+                    rounds: short,
+                    latencies: false,
+                },
+                PATIENCE,
+            )
+        })?);
+        many_sys.push(syscalls_per_msg(srv.pid(), || {
+            load::run(
+                srv.addr,
+                Spec {
+                    rounds: short,
+                    ..many
+                },
+                PATIENCE,
+            )
+        })?);
         drop(srv); // SIGTERM (callgrind writes its profile), then wait
         // n conns × 1 KiB once, each on a fresh server (the seed's 8K test).
         for (k, &n) in REGRESSION.iter().enumerate() {
@@ -396,6 +460,10 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
     f.mb_per_s = median(mbs);
     f.msgs_per_s = median(mps);
     f.cpu_ms_per_1k = median(cpu);
+    f.many_msgs_per_s = median(many_mps);
+    f.many_cpu_ms_per_1k = median(many_cpu);
+    f.sys_per_msg = median(sys);
+    f.many_sys_per_msg = median(many_sys);
     f.regression = REGRESSION
         .iter()
         .zip(reg)
@@ -408,6 +476,43 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
         f.instr_per_msg = Some(instructions(&bin, &s.args, set)?);
     }
     Ok(f)
+}
+
+/// The server's system calls per message while `load` runs: `perf stat -e
+/// raw_syscalls:sys_enter -p PID` around it (every thread of the server). NaN,
+/// with a note, where perf cannot count them.
+fn syscalls_per_msg(pid: u32, load: impl FnOnce() -> io::Result<load::Outcome>) -> io::Result<f64> {
+    let perf = Command::new("perf")
+        .args(["stat", "-x", ",", "-e", "raw_syscalls:sys_enter", "-p"])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let Ok(perf) = perf else {
+        eprintln!("  (no perf here: syscalls per message not counted)");
+        load()?;
+        return Ok(f64::NAN);
+    };
+    // perf needs a moment to attach before the load starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let o = load();
+    // SAFETY: SIGINT to our own child, which makes perf print its counts.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    let out = perf.wait_with_output()?;
+    let o = o?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let count = text
+        .lines()
+        .find(|l| l.contains("raw_syscalls:sys_enter"))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.trim().parse::<f64>().ok());
+    Ok(match count {
+        Some(n) if o.msgs > 0 => n / o.msgs as f64,
+        _ => {
+            eprintln!("  (perf counted no syscalls: {})", text.trim());
+            f64::NAN
+        }
+    })
 }
 
 /// User-space instructions per echoed message under callgrind: the difference
@@ -473,6 +578,11 @@ fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String
         .find(|(s, _)| s.name == "tokio")
         .map(|r| r.1.clone())
         .unwrap_or_default();
+    let floor = results
+        .iter()
+        .find(|(s, _)| s.name == "raw io_uring")
+        .map(|r| r.1.clone())
+        .unwrap_or_default();
     type Metric = (&'static str, fn(&Figures) -> f64, &'static str, bool);
     let metrics: Vec<Metric> = vec![
         (
@@ -494,6 +604,30 @@ fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String
             "server CPU per 1,000 msgs (100 × 1 KiB)",
             |f| f.cpu_ms_per_1k,
             "ms",
+            false,
+        ),
+        (
+            "1,000 conns × 128 B ping-pong",
+            |f| f.many_msgs_per_s,
+            "msgs/s",
+            true,
+        ),
+        (
+            "server CPU per 1,000 msgs (1,000 × 128 B)",
+            |f| f.many_cpu_ms_per_1k,
+            "ms",
+            false,
+        ),
+        (
+            "server syscalls per msg (100 × 1 KiB)",
+            |f| f.sys_per_msg,
+            "calls",
+            false,
+        ),
+        (
+            "server syscalls per msg (1,000 × 128 B)",
+            |f| f.many_sys_per_msg,
+            "calls",
             false,
         ),
         (
@@ -533,7 +667,14 @@ fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String
                 .map(|(s, f)| {
                     let v = get(f);
                     let shown = fmt_num(v);
-                    if s.gaio {
+                    if s.gaio && s.name.contains("io_uring") {
+                        format!(
+                            "{shown} ({} raw, {} tokio, {} raw io_uring)",
+                            ratio(v, get(&raw)),
+                            ratio(v, get(&tokio)),
+                            ratio(v, get(&floor))
+                        )
+                    } else if s.gaio {
                         format!(
                             "{shown} ({} raw, {} tokio)",
                             ratio(v, get(&raw)),

@@ -511,7 +511,7 @@ impl<C, M> Inner<C, M> {
 pub struct Builder {
     watchers: Option<usize>,
     pin: bool,
-    swap: usize,
+    swap: Option<usize>,
     busy_poll: Option<Duration>,
     write_limit: Option<usize>,
     backend: Option<gaio_core::Backend>,
@@ -524,7 +524,7 @@ impl Default for Builder {
         Builder {
             watchers: None,
             pin: true,
-            swap: 64 * 1024,
+            swap: None,
             busy_poll: None,
             write_limit: None,
             backend: None,
@@ -549,9 +549,10 @@ impl Builder {
         self
     }
 
-    /// Swap buffer size of each watcher (default 64 KiB).
+    /// Swap buffer size of each watcher (default: gaio-core's, 64 KiB on epoll,
+    /// a 16 MiB buffer ring on io_uring; see `gaio_core::Builder::swap_buffer`).
     pub fn swap_buffer(mut self, bytes: usize) -> Builder {
-        self.swap = bytes;
+        self.swap = Some(bytes);
         self
     }
 
@@ -637,11 +638,13 @@ impl Builder {
         let mut watchers = Vec::with_capacity(n);
         for i in 0..n {
             let mut b = gaio_core::Watcher::builder()
-                .swap_buffer(self.swap)
                 .busy_poll(self.busy_poll)
                 .write_limit(self.write_limit);
             if let Some(backend) = self.backend {
                 b = b.backend(backend);
+            }
+            if let Some(bytes) = self.swap {
+                b = b.swap_buffer(bytes);
             }
             if pin {
                 if let Some(&c) = cores.get(i) {
