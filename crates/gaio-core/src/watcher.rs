@@ -796,8 +796,11 @@ impl<C> Watcher<C> {
             }
             if !eng.done.is_empty() {
                 // Completions already: return them without a poll, but poll (without
-                // blocking) every other batch so readiness cannot starve.
-                if self.skipped_poll && eng.poll_driver(Some(Duration::ZERO))? {
+                // blocking) every other batch so readiness cannot starve, and
+                // whenever operations wait to be submitted (io_uring), so they
+                // run while the application handles this batch.
+                let submit = eng.driver.has_unsubmitted();
+                if (self.skipped_poll || submit) && eng.poll_driver(Some(Duration::ZERO))? {
                     eng.dispatch(swap);
                 }
                 self.skipped_poll = !self.skipped_poll;

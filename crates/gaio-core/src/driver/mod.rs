@@ -76,6 +76,16 @@ impl Driver {
         }
     }
 
+    /// Operations queued and not yet handed to the kernel.
+    #[inline]
+    pub fn has_unsubmitted(&mut self) -> bool {
+        match self {
+            Driver::Poll(_) => false,
+            #[cfg(target_os = "linux")]
+            Driver::Uring(d) => d.has_unsubmitted(),
+        }
+    }
+
     pub fn syscalls(&self) -> u64 {
         match self {
             Driver::Poll(d) => d.syscalls,

@@ -140,8 +140,11 @@ impl BufRing {
             4096,
         )
         .map_err(io::Error::other)?;
-        let mem_layout = Layout::from_size_align(usize::from(count) * len as usize, 4096)
-            .map_err(io::Error::other)?;
+        // No alignment asked for: `alloc_zeroed` is then `calloc`, which maps
+        // fresh zero pages lazily instead of writing every byte (as it does for
+        // an over-aligned layout), so the ring is resident only as receives use it.
+        let mem_layout =
+            Layout::array::<u8>(usize::from(count) * len as usize).map_err(io::Error::other)?;
         // SAFETY: both layouts have a nonzero size (count and len are nonzero).
         let (entries, mem) = unsafe { (alloc_zeroed(entries_layout), alloc_zeroed(mem_layout)) };
         if entries.is_null() || mem.is_null() {
@@ -335,6 +338,12 @@ impl Driver {
     /// Lends the kernel again the buffers of batches that are over; whether any.
     pub fn recycle(&mut self) -> bool {
         self.bufs.recycle()
+    }
+
+    /// Operations queued and not yet submitted.
+    #[inline]
+    pub fn has_unsubmitted(&mut self) -> bool {
+        !self.backlog.is_empty() || !self.ring.submission().is_empty()
     }
 
     /// Queues an operation.
