@@ -635,6 +635,7 @@ impl<C> Watcher<C> {
             return Err(Error::ForeignConn);
         }
         let eng = self.eng.get_mut();
+        eng.driver.check_thread()?;
         if eng.remote_pending() {
             // A registration (or requests) other threads made first go first.
             eng.run_remote();
@@ -665,6 +666,7 @@ impl<C> Watcher<C> {
             return Err(Error::WatcherClosed);
         }
         let eng = self.eng.get_mut();
+        eng.driver.check_thread()?;
         eng.run_remote();
         eng.free_all(&mut self.swap);
         Ok(())
@@ -746,6 +748,7 @@ impl<C> Watcher<C> {
         if self.closed {
             return Ok(());
         }
+        self.eng.get_mut().driver.check_thread()?;
         self.closed = true;
         self.shared.close();
         let eng = self.eng.get_mut();
@@ -774,6 +777,7 @@ impl<C> Watcher<C> {
         if self.closed {
             return Err(Error::WatcherClosed);
         }
+        self.eng.get_mut().driver.check_thread()?;
         self.pin()?;
         let eng = self.eng.get_mut();
         let swap = &mut self.swap[..];
@@ -891,6 +895,13 @@ fn park<C>(
 
 impl<C> Drop for Watcher<C> {
     fn drop(&mut self) {
-        let _ = self.close();
+        if let Err(e) = self.close() {
+            // Dropped off its io_uring thread: the kernel may still hold buffers
+            // of pending requests, and only that thread can wait for them. They
+            // are leaked rather than freed under the kernel.
+            tracing::error!(error = %e, "gaio: watcher dropped on another thread; its requests and ring are leaked");
+            self.shared.close();
+            self.eng.get_mut().abandon();
+        }
     }
 }

@@ -158,3 +158,35 @@ fn bytes_that_arrive_between_reads_wait_for_the_next_one() {
     }
     assert_eq!(&got[..], &b"secondthird"[..]);
 }
+
+/// An io_uring watcher belongs to the thread of its first wait (the ring's one
+/// issuer): another thread gets a clear error, not a panic, and dropping it
+/// there leaks its pending requests instead of freeing buffers under the kernel.
+#[test]
+fn io_uring_watcher_moved_to_another_thread_errs_cleanly() {
+    let _serial = serial();
+    if uring_refused().is_some() {
+        eprintln!("SKIPPED: io_uring refused here");
+        return;
+    }
+    let (a, _b) = UnixStream::pair().unwrap();
+    let mut w: Watcher<()> = Watcher::builder()
+        .backend(Backend::IoUring)
+        .build()
+        .unwrap();
+    let conn = w.register(a).unwrap();
+    w.local().read(conn, (), Some(vec![0; 16])).unwrap();
+    assert_eq!(w.wait_io_timeout(Duration::ZERO).unwrap().count(), 0);
+    std::thread::spawn(move || {
+        let e = w
+            .wait_io_timeout(Duration::ZERO)
+            .map(|b| b.count())
+            .unwrap_err();
+        assert!(e.to_string().contains("one thread"), "{e}");
+        assert!(w.free(conn).is_err());
+        assert!(w.close().is_err());
+        drop(w); // the read's buffer stays with the kernel: leaked, not freed
+    })
+    .join()
+    .unwrap();
+}

@@ -76,6 +76,18 @@ impl Driver {
         }
     }
 
+    /// Whether this thread may drive the watcher: always on epoll/kqueue; on
+    /// io_uring, only the thread that first waited (`SINGLE_ISSUER`).
+    pub fn check_thread(&self) -> io::Result<()> {
+        match self {
+            Driver::Poll(_) => Ok(()),
+            #[cfg(target_os = "linux")]
+            Driver::Uring(d) if !d.on_issuer() => Err(uring::wrong_thread()),
+            #[cfg(target_os = "linux")]
+            Driver::Uring(_) => Ok(()),
+        }
+    }
+
     /// Operations queued and not yet handed to the kernel.
     #[inline]
     pub fn has_unsubmitted(&mut self) -> bool {

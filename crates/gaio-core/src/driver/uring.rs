@@ -130,6 +130,8 @@ struct BufRing {
     /// Buffers the kernel is done with: lent again once the batch that
     /// references their bytes is over.
     returned: Vec<u16>,
+    /// The kernel may still write into the memory: never free it.
+    leak: bool,
 }
 
 impl BufRing {
@@ -167,6 +169,7 @@ impl BufRing {
             count,
             len,
             tail: 0,
+            leak: false,
             returned: Vec::with_capacity(usize::from(count)),
         };
         for bid in 0..count {
@@ -223,6 +226,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
+        if self.leak {
+            return;
+        }
         // SAFETY: allocated in `new` with these layouts; the ring that used them
         // is gone (the driver drops the ring first).
         unsafe {
@@ -264,7 +270,9 @@ pub(crate) struct Driver {
     /// completion. The waker outlives every wait: it closes with the watcher.
     wake: RawFd,
     wake_armed: bool,
-    enabled: bool,
+    /// The thread that enabled the ring (its first wait): the only one that may
+    /// enter it (`SINGLE_ISSUER`).
+    issuer: Option<std::thread::ThreadId>,
     /// Operations submitted whose last completion has not arrived.
     pub inflight: usize,
     pub syscalls: u64,
@@ -317,7 +325,7 @@ impl Driver {
             blocks_used: 0,
             wake: waker.as_fd().as_raw_fd(),
             wake_armed: false,
-            enabled: false,
+            issuer: None,
             inflight: 0,
             syscalls: 1,
         })
@@ -504,11 +512,15 @@ impl Driver {
     /// least one for up to `timeout` (`None`: until one comes; zero: no wait).
     /// Returns whether a completion other than a wake arrived.
     pub fn enter(&mut self, timeout: Option<Duration>, out: &mut Vec<Cqe>) -> io::Result<bool> {
-        if !self.enabled {
-            // The thread that first waits is the ring's one issuer.
-            self.ring.submitter().register_enable_rings()?;
-            self.syscalls += 1;
-            self.enabled = true;
+        match self.issuer {
+            None => {
+                // The thread that first waits is the ring's one issuer.
+                self.ring.submitter().register_enable_rings()?;
+                self.syscalls += 1;
+                self.issuer = Some(std::thread::current().id());
+            }
+            Some(t) if t != std::thread::current().id() => return Err(wrong_thread()),
+            Some(_) => {}
         }
         if !self.wake_armed {
             self.wake_armed = true;
@@ -585,9 +597,7 @@ impl Driver {
             Err(e) => match e.raw_os_error() {
                 // Timed out, interrupted, or completions to reap first.
                 Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
-                Some(libc::EEXIST) => Err(io::Error::other(
-                    "an io_uring watcher is driven by one thread: the one that first called wait_io",
-                )),
+                Some(libc::EEXIST) => Err(wrong_thread()),
                 _ => Err(e),
             },
         }
@@ -616,6 +626,26 @@ impl Driver {
         }
         any
     }
+}
+
+impl Driver {
+    /// Keeps the buffer ring's memory allocated for good (see `Engine::abandon`).
+    pub fn leak_on_drop(&mut self) {
+        self.bufs.leak = true;
+    }
+
+    /// Whether the calling thread may enter the ring (it is the issuer, or
+    /// there is none yet).
+    pub fn on_issuer(&self) -> bool {
+        self.issuer.is_none_or(|t| t == std::thread::current().id())
+    }
+}
+
+pub(crate) fn wrong_thread() -> io::Error {
+    io::Error::other(
+        "an io_uring watcher is driven by one thread, the one that first waited on it; \
+         this is another",
+    )
 }
 
 fn unsupported(what: &str) -> io::Error {

@@ -591,6 +591,18 @@ impl<C> Engine<C> {
         core.swap_waiters = waiters;
     }
 
+    /// Closes every fd but leaks every pending request, and the io_uring
+    /// ring's memory: for a watcher dropped where it cannot wait for the kernel
+    /// to give their buffers back (off its io_uring thread).
+    pub fn abandon(&mut self) {
+        self.table.close_fds();
+        std::mem::forget(std::mem::replace(&mut self.table, Table::new()));
+        #[cfg(target_os = "linux")]
+        if let Driver::Uring(d) = &mut self.core.driver {
+            d.leak_on_drop();
+        }
+    }
+
     /// Drops every connection (closing its fd) and every pending request.
     pub fn clear(&mut self) {
         #[cfg(target_os = "linux")]

@@ -327,6 +327,13 @@ impl<C> Table<C> {
             })
     }
 
+    /// Closes every fd, leaving the requests in place.
+    pub fn close_fds(&mut self) {
+        for c in self.chunks.iter_mut().flat_map(|c| c.iter_mut()) {
+            drop(c.fd.take());
+        }
+    }
+
     pub fn clear(&mut self) {
         self.chunks.clear();
     }
