@@ -21,6 +21,14 @@ use std::str::FromStr;
 ///   `Epoll`; decided when the watcher is built, never a panic.
 ///   [`Stats::backend`](crate::Stats::backend) says which one it got.
 ///
+/// What differs on io_uring: the thread that first calls `wait_io` is the
+/// ring's one issuer (`SINGLE_ISSUER`); driving the watcher from another thread
+/// afterwards (`wait_io`, `free`, `close`) fails with a clear error. Bytes that
+/// arrive while no read is pending are received anyway and copied aside (up to
+/// 64 KiB per connection, then receiving stops until a read comes), where epoll
+/// leaves them in the socket. An accepted connection's peer address costs a
+/// `getpeername` (multishot accept returns none).
+///
 /// A builder that is not told uses the `GAIO_BACKEND` environment variable
 /// (`auto`, `epoll` or `uring`) when it is set, else `Epoll`: how one test
 /// suite runs on both backends.

@@ -1,5 +1,5 @@
-//! gaio-core: the [`Watcher`], a proactor over edge-triggered epoll (Linux) and
-//! kqueue (macOS, BSD).
+//! gaio-core: the [`Watcher`], a proactor over edge-triggered epoll (Linux),
+//! kqueue (macOS, BSD) or io_uring (Linux, chosen with [`Backend`]).
 //!
 //! Hand a connected stream socket or pipe to a watcher (or let it accept or
 //! connect one), submit reads and writes with owned buffers (or none: the
@@ -59,11 +59,16 @@
 //!
 //! | OS | poller | waker |
 //! |----|--------|-------|
-//! | Linux, Android | epoll, edge-triggered | eventfd |
+//! | Linux, Android | epoll, edge-triggered (`Backend::Epoll`, the default) | eventfd |
+//! | Linux ≥ 6.1 | io_uring (`Backend::IoUring`, or `Auto`) | eventfd, polled by the ring |
 //! | macOS, iOS, FreeBSD, NetBSD, DragonFly, OpenBSD | kqueue, `EV_CLEAR` | `EVFILT_USER` |
 //!
-//! CI runs every test on Linux; the kqueue backend is type-checked (clippy) for
-//! macOS, FreeBSD and NetBSD and has never run.
+//! CI runs every test on Linux, on epoll and again on io_uring; the kqueue
+//! backend is type-checked (clippy) for macOS, FreeBSD and NetBSD and has never
+//! run. On io_uring the engine submits each transfer as an operation and keeps
+//! its buffer until the kernel's completion; swap-buffer reads land in a ring
+//! of provided buffers (see [`Builder::swap_buffer`]). Every request means the
+//! same on both; see [`Backend`] for what differs.
 //!
 //! # Rules
 //!
