@@ -1130,6 +1130,11 @@ impl<C> Core<C> {
         if self.cqes.is_empty() && self.cqes.capacity() > 256 {
             self.cqes = Cqes::new();
         }
+        // A burst of accepts that outran the accept requests set many aside.
+        #[cfg(target_os = "linux")]
+        if self.early.len() < 16 && self.early.capacity() > 256 {
+            self.early.shrink_to(64);
+        }
     }
 }
 
