@@ -509,9 +509,26 @@ impl Driver {
     }
 
     /// Submits what was queued and reaps completions into `out`, waiting for at
-    /// least one for up to `timeout` (`None`: until one comes; zero: no wait).
-    /// Returns whether a completion other than a wake arrived.
+    /// least one for up to `timeout` (`None`: until one comes; zero: no wait),
+    /// unless `out` holds completions not dispatched yet. Returns whether a
+    /// completion other than a wake arrived.
     pub fn enter(&mut self, timeout: Option<Duration>, out: &mut Vec<Cqe>) -> io::Result<bool> {
+        let pending = out.iter().any(|e| e.tag != 0);
+        self.enter_inner(timeout, out, pending)
+    }
+
+    /// Submits what was queued and waits for at least one new completion,
+    /// appended to `out` (what is in `out` already does not count).
+    pub fn wait_more(&mut self, out: &mut Vec<Cqe>) -> io::Result<()> {
+        self.enter_inner(None, out, false).map(drop)
+    }
+
+    fn enter_inner(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Cqe>,
+        pending: bool,
+    ) -> io::Result<bool> {
         match self.issuer {
             None => {
                 // The thread that first waits is the ring's one issuer.
@@ -561,7 +578,6 @@ impl Driver {
         };
         // Completions already waiting (in the queue, or reaped by a cancellation
         // and not dispatched yet) need no sleep.
-        let pending = out.iter().any(|e| e.tag != 0);
         let want = if pending || !self.ring.completion().is_empty() {
             0
         } else {

@@ -532,7 +532,7 @@ impl<C> Core<C> {
                 return;
             }
             let mut cqes = std::mem::take(&mut self.cqes);
-            let res = self.uring().enter(None, &mut cqes);
+            let res = self.uring().wait_more(&mut cqes);
             self.cqes = cqes;
             if let Err(e) = res {
                 // The kernel still holds this connection's buffers: going on
@@ -561,7 +561,7 @@ impl<C> Core<C> {
         let mut cqes = Vec::new();
         while self.uring().inflight > 0 {
             cqes.clear();
-            if let Err(e) = self.uring().enter(None, &mut cqes) {
+            if let Err(e) = self.uring().wait_more(&mut cqes) {
                 panic!("gaio: io_uring wait failed while closing: {e}");
             }
             for e in &cqes {
