@@ -91,6 +91,10 @@ impl<C> Local<'_, C> {
         if conn.watcher != eng.shared.id {
             return Err(Error::ForeignConn);
         }
+        if kind == Kind::Close || eng.remote_pending() {
+            // A close may wait for the kernel (io_uring): only on its thread.
+            eng.driver.check_thread()?;
+        }
         if eng.remote_pending() {
             // Requests other threads made first go first.
             eng.run_remote();
@@ -484,6 +488,7 @@ impl<C> Local<'_, C> {
             return Err(Error::ForeignConn);
         }
         if eng.remote_pending() {
+            eng.driver.check_thread()?;
             eng.run_remote();
         }
         eng.free(conn);
@@ -495,7 +500,10 @@ impl<C> Local<'_, C> {
     /// connection to another watcher, thread or library. Requests still pending
     /// on it complete with [`Error::ConnClosed`] (nothing was lost in flight: a
     /// read that had taken bytes has completed already); requests made later on
-    /// the `Conn` are treated as on a freed one.
+    /// the `Conn` are treated as on a freed one. On io_uring a connection whose
+    /// swap reads left its receive armed may hold bytes that arrived after its
+    /// last read: then detach is refused (`WouldBlock`), the connection stays,
+    /// and the next read gets them.
     ///
     /// ```
     /// use std::io::{Read, Write};
@@ -512,7 +520,8 @@ impl<C> Local<'_, C> {
     ///
     /// # Errors
     /// [`Error::ConnClosed`] for a stale or freed `Conn`; [`Error::ForeignConn`];
-    /// [`Error::WatcherClosed`].
+    /// [`Error::WatcherClosed`]; `Error::Io` (`WouldBlock`) on io_uring for
+    /// bytes waiting for a read, or (`Other`) off the thread driving it.
     pub fn detach(&self, conn: Conn) -> Result<OwnedFd> {
         let mut eng = self.eng.borrow_mut();
         if eng.closed {
@@ -525,7 +534,8 @@ impl<C> Local<'_, C> {
             // A registration other threads made first goes first.
             eng.run_remote();
         }
-        eng.detach(conn).ok_or(Error::ConnClosed)
+        eng.driver.check_thread()?;
+        eng.detach(conn)
     }
 
     /// Takes a stream socket, listener or pipe over, as

@@ -783,7 +783,11 @@ impl<C> Watcher<C> {
         let swap = &mut self.swap[..];
         self.batch_trim.after(&mut self.batch, self.batch_used);
         // The previous batch's borrow of the swap buffer (and ring) has ended.
-        eng.recycle_ring();
+        // Completions made since (a close that had to wait for the kernel) may
+        // point into the ring too: then its buffers wait for the next call.
+        if eng.done.is_empty() {
+            eng.recycle_ring();
+        }
         eng.retry_swap_waiters(swap);
         loop {
             eng.tick();
@@ -817,9 +821,9 @@ impl<C> Watcher<C> {
                 let d = next.saturating_duration_since(eng.now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            // Nothing of this batch borrows ring bytes yet: reads that found
-            // the ring empty need not wait for the next call.
-            if eng.recycle_ring() {
+            // Nothing of this batch borrows ring bytes yet (`done` is empty):
+            // reads that found the ring empty need not wait for the next call.
+            if eng.recycle_ring() | eng.has_swap_waiters() {
                 eng.retry_swap_waiters(swap);
                 if !eng.done.is_empty() {
                     continue;

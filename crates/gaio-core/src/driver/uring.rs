@@ -584,7 +584,11 @@ impl Driver {
             want
         };
         self.submit(want, ts_ref)?;
-        self.blocks_used = 0;
+        if self.backlog.is_empty() && self.ring.submission().is_empty() {
+            // Every SQE that pointed into a block is consumed (`EAGAIN` or
+            // `EBUSY` from the enter may leave some in the queue).
+            self.blocks_used = 0;
+        }
         Ok(self.reap(out) || pending)
     }
 

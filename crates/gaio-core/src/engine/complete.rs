@@ -554,7 +554,16 @@ impl<C> Core<C> {
     /// Cancels every operation of the ring and waits for them all (the watcher
     /// closes: its requests and their buffers are about to be dropped).
     pub(super) fn settle_all(&mut self) {
-        if !self.driver.is_uring() || self.uring().inflight == 0 {
+        if !self.driver.is_uring() {
+            return;
+        }
+        // Reaped and not dispatched: nobody will.
+        let reaped = std::mem::take(&mut self.cqes);
+        for &e in &reaped[self.cqe_at.min(reaped.len())..] {
+            self.discard(e);
+        }
+        self.cqe_at = 0;
+        if self.uring().inflight == 0 {
             return;
         }
         self.uring().cancel_all();
@@ -564,15 +573,25 @@ impl<C> Core<C> {
             if let Err(e) = self.uring().wait_more(&mut cqes) {
                 panic!("gaio: io_uring wait failed while closing: {e}");
             }
-            for e in &cqes {
-                if e.tag == op::ACCEPT && e.res >= 0 {
-                    // SAFETY: an accepted fd nobody else owns; closed here.
-                    drop(unsafe { OwnedFd::from_raw_fd(e.res) });
-                }
+            for &e in &cqes {
+                self.discard(e);
             }
         }
-        self.cqes.clear();
-        self.cqe_at = 0;
+    }
+
+    /// A completion nobody will apply: its ring buffer goes back, an accepted
+    /// fd is closed.
+    fn discard(&mut self, e: Cqe) {
+        if e.tag == 0 {
+            return;
+        }
+        if let Some(bid) = e.buffer() {
+            self.uring().filled(bid);
+        }
+        if e.tag == op::ACCEPT && e.res >= 0 {
+            // SAFETY: an accepted fd nobody else owns; closed here.
+            drop(unsafe { OwnedFd::from_raw_fd(e.res) });
+        }
     }
 
     /// For an expiring request of `dir`: if an operation holds its buffer, cancels
@@ -618,13 +637,11 @@ impl<C> Engine<C> {
             if e.tag == 0 {
                 continue; // applied already, by `settle`
             }
-            let Some(c) = table.get_mut(e.slot) else {
+            let Some(c) = table.get_mut(e.slot).filter(|c| e.is_for(c.generation)) else {
+                debug_assert!(false, "a completion outlived its connection");
+                core.discard(e);
                 continue;
             };
-            if !e.is_for(c.generation) {
-                debug_assert!(false, "a completion outlived its connection");
-                continue;
-            }
             core.on_cqe(c, e.slot, e);
             if c.fd.is_some() {
                 core.submit_ops(c, e.slot, swap);

@@ -432,16 +432,26 @@ impl<C> Engine<C> {
 
     /// Takes `conn` out of the watcher without closing it (pending requests
     /// complete with `ConnClosed`). `None` for a stale, foreign or freed `Conn`.
-    pub fn detach(&mut self, conn: Conn) -> Option<OwnedFd> {
+    pub fn detach(&mut self, conn: Conn) -> Result<OwnedFd> {
         let Engine { table, core } = self;
         if conn.watcher != core.id {
-            return None;
+            return Err(Error::ConnClosed);
         }
-        let c = table.live_mut(conn.slot, conn.generation)?;
+        let c = table
+            .live_mut(conn.slot, conn.generation)
+            .ok_or(Error::ConnClosed)?;
         if c.closing {
-            return None;
+            return Err(Error::ConnClosed);
         }
-        core.take(c, conn.slot)
+        if c.early {
+            // io_uring received bytes (or accepted connections) that no read
+            // (or accept) has taken yet: handing the fd on would lose them.
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "received data waits for a read on this connection: read it before detaching",
+            )));
+        }
+        core.take(c, conn.slot).ok_or(Error::ConnClosed)
     }
 
     /// Frees every live connection at once.
@@ -509,6 +519,11 @@ impl<C> Engine<C> {
             return d.recycle();
         }
         false
+    }
+
+    /// Reads wait for swap-buffer room (or, io_uring, ring buffers).
+    pub fn has_swap_waiters(&self) -> bool {
+        !self.swap_waiters.is_empty()
     }
 
     /// Applies completions reaped outside a wait (by a cancellation) and not
