@@ -262,6 +262,10 @@ struct Figures {
     /// 1,000 conns × 128 B ping-pong: msgs/s and server CPU per 1,000 msgs.
     many_msgs_per_s: f64,
     many_cpu_ms_per_1k: f64,
+    /// 100 conns streaming 128 B messages, 16 in flight each: msgs/s and server
+    /// CPU per 1,000 msgs.
+    stream_msgs_per_s: f64,
+    stream_cpu_ms_per_1k: f64,
     /// System calls per message (perf's raw_syscalls:sys_enter on the server).
     sys_per_msg: f64,
     many_sys_per_msg: f64,
@@ -317,6 +321,7 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
     let (mut rt, mut p50, mut p99, mut mbs, mut mps, mut cpu, mut idle) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut many_mps, mut many_cpu, mut sys, mut many_sys) = (vec![], vec![], vec![], vec![]);
+    let (mut stream_mps, mut stream_cpu) = (vec![], vec![]);
     let mut reg: Vec<Vec<f64>> = vec![Vec::new(); REGRESSION.len()];
     for run in 0..set.runs() {
         eprintln!("  {} run {}/{}", s.name, run + 1, set.runs());
@@ -376,6 +381,12 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
         let c1 = srv.cpu();
         many_mps.push(o.msgs as f64 / o.busy.as_secs_f64());
         many_cpu.push((c1 - c0) * 1000.0 / (o.msgs as f64 / 1000.0));
+        // 100 conns streaming 128 B messages (16 in flight each), with server CPU.
+        let c0 = srv.cpu();
+        let o = load::stream(srv.addr, 100, 128, 16, set.secs(1.5, 3.0))?;
+        let c1 = srv.cpu();
+        stream_mps.push(o.msgs as f64 / o.busy.as_secs_f64());
+        stream_cpu.push((c1 - c0) * 1000.0 / (o.msgs as f64 / 1000.0));
         // System calls per message, counted by perf in runs of their own (the
         // tracepoint costs CPU, so not in the runs above).
         let short = Rounds::For(set.secs(0.5, 1.0));
@@ -462,6 +473,8 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
     f.cpu_ms_per_1k = median(cpu);
     f.many_msgs_per_s = median(many_mps);
     f.many_cpu_ms_per_1k = median(many_cpu);
+    f.stream_msgs_per_s = median(stream_mps);
+    f.stream_cpu_ms_per_1k = median(stream_cpu);
     f.sys_per_msg = median(sys);
     f.many_sys_per_msg = median(many_sys);
     f.regression = REGRESSION
@@ -615,6 +628,18 @@ fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String
         (
             "server CPU per 1,000 msgs (1,000 × 128 B)",
             |f| f.many_cpu_ms_per_1k,
+            "ms",
+            false,
+        ),
+        (
+            "100 conns × 128 B streaming, 16 in flight",
+            |f| f.stream_msgs_per_s,
+            "msgs/s",
+            true,
+        ),
+        (
+            "server CPU per 1,000 msgs (streaming)",
+            |f| f.stream_cpu_ms_per_1k,
             "ms",
             false,
         ),

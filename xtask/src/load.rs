@@ -188,3 +188,128 @@ pub fn run(addr: SocketAddr, spec: Spec, patience: Duration) -> io::Result<Outco
 pub fn idle(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpStream>> {
     (0..n).map(|_| TcpStream::connect(addr)).collect()
 }
+
+/// One streaming client: up to `depth` messages in flight, a new one sent for
+/// each one echoed, every echoed byte checked.
+struct Streamer {
+    s: TcpStream,
+    base: Vec<u8>,
+    out: Vec<u8>,
+    out_at: usize,
+    sent_seq: u64,
+    recv_seq: u64,
+    got: Vec<u8>,
+}
+
+impl Streamer {
+    /// Message `seq`: the connection's pattern with `seq` in its first bytes.
+    fn message(&self, seq: u64, into: &mut Vec<u8>) {
+        let at = into.len();
+        into.extend_from_slice(&self.base);
+        let n = self.base.len().min(8);
+        into[at..at + n].copy_from_slice(&seq.to_le_bytes()[..n]);
+    }
+
+    fn queue(&mut self) {
+        let mut out = std::mem::take(&mut self.out);
+        self.message(self.sent_seq, &mut out);
+        self.out = out;
+        self.sent_seq += 1;
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_at < self.out.len() {
+            match self.s.write(&self.out[self.out_at..]) {
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_at = 0;
+        Ok(())
+    }
+}
+
+/// Streams: `conns` connections each keep `depth` messages of `msg` bytes in
+/// flight for `secs`, sending one more for each echoed (and verified) one.
+/// `msgs` counts echoed messages; `busy` is the streaming time.
+pub fn stream(
+    addr: SocketAddr,
+    conns: usize,
+    msg: usize,
+    depth: usize,
+    secs: Duration,
+) -> io::Result<Outcome> {
+    let start = Instant::now();
+    let poller = Poller::new()?;
+    let mut clients = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_nonblocking(true)?;
+        poller.register(s.as_fd(), i as u64)?;
+        clients.push(Streamer {
+            s,
+            base: pattern(i, msg),
+            out: Vec::with_capacity(msg * depth),
+            out_at: 0,
+            sent_seq: 0,
+            recv_seq: 0,
+            got: Vec::with_capacity(msg * depth),
+        });
+    }
+    let busy_start = Instant::now();
+    let end = busy_start + secs;
+    for c in &mut clients {
+        for _ in 0..depth {
+            c.queue();
+        }
+        c.flush()?;
+    }
+    let mut out = Outcome::default();
+    let mut events = Events::with_capacity(1024);
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut expect = Vec::with_capacity(msg);
+    while Instant::now() < end {
+        poller.wait(&mut events, Some(Duration::from_millis(100)))?;
+        for ev in events.iter() {
+            let c = &mut clients[ev.token() as usize];
+            c.flush()?;
+            loop {
+                match c.s.read(&mut scratch) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed",
+                        ));
+                    }
+                    Ok(n) => c.got.extend_from_slice(&scratch[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut used = 0;
+            while c.got.len() - used >= msg {
+                expect.clear();
+                c.message(c.recv_seq, &mut expect);
+                if c.got[used..used + msg] != expect[..] {
+                    return Err(io::Error::other(format!(
+                        "streamed echo mismatch on message {}",
+                        c.recv_seq
+                    )));
+                }
+                used += msg;
+                c.recv_seq += 1;
+                out.msgs += 1;
+                out.bytes += msg as u64;
+                c.queue();
+            }
+            c.got.drain(..used);
+            c.flush()?;
+        }
+    }
+    out.elapsed = start.elapsed();
+    out.busy = busy_start.elapsed();
+    Ok(out)
+}

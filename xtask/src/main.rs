@@ -57,14 +57,18 @@ cargo xtask bench --quick.
 const BENCH_USAGE: &str = "\
 usage: cargo xtask bench [--quick] [--instructions] [--redis]
 
-Every echo server (raw epoll, tokio, gaio-core, gaio-core busy-poll, gaio-pool) as
-its own process on loopback, driven by one verifying load generator; prints a
-Markdown table and writes <target dir>/bench/report.md and regression.svg. The
+Every echo server (raw epoll, raw io_uring, tokio, gaio-core, gaio-core busy-poll,
+gaio-pool, gaio-core and gaio-pool on io_uring; the io_uring ones skipped, loudly,
+where io_uring is refused) as its own process on loopback, driven by one verifying
+load generator: ping-pong at 1, 100 and 1,000 connections, 64 KiB echo, 100
+connections streaming 128 B (16 in flight), 1,024-8,192 connections once, idle
+memory, server CPU and (perf) syscalls per message. Prints a Markdown table and
+writes <target dir>/bench/report.md and regression.svg. The
 full bench (without --quick) adds the Redis comparison when redis-benchmark and
 redis-server are installed (`sudo apt-get install redis-tools redis-server`), and
 says so loudly when they are not.
 
-  --quick          one run per scenario, shorter loads (under a minute)
+  --quick          one run per scenario, shorter loads (about 75 s)
   --instructions   add user-space instructions per message (valgrind callgrind)
   --redis          only the Redis comparison: examples/resp-server (1 and N
                    watchers) and redis-server under redis-benchmark -t
@@ -90,12 +94,14 @@ Runs echo + timeouts + frees against the gaio-pool echo server for N seconds
 ";
 
 const LOAD_USAGE: &str = "\
-usage: cargo xtask load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN]
+usage: cargo xtask load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN] [--depth D]
 
 Drives an echo server at ADDR with the bench's verifying load generator (every
 echoed byte compared): N connections (default 100) of BYTES-byte messages
-(default 1024), for S seconds (default 5) or PER_CONN round trips each. Run several
-at once for a multi-process load.
+(default 1024), for S seconds (default 5) or PER_CONN round trips each. With
+--depth D each connection streams instead: D messages in flight, one more sent
+for each echoed (for --secs only; no latencies). Run several at once for a
+multi-process load.
 ";
 
 /// Why a task did not complete.
@@ -435,6 +441,7 @@ fn load_cmd(args: &[String]) -> Result<(), Fail> {
     let mut addr: Option<std::net::SocketAddr> = None;
     let (mut conns, mut msg) = (100usize, 1024usize);
     let mut rounds = load::Rounds::For(std::time::Duration::from_secs(5));
+    let mut depth = 0usize;
     let mut a = Args::new(args, LOAD_USAGE);
     while let Some(flag) = a.next_flag()? {
         match flag {
@@ -449,12 +456,27 @@ fn load_cmd(args: &[String]) -> Result<(), Fail> {
                 rounds = load::Rounds::For(std::time::Duration::from_secs_f64(s));
             }
             "--count" => rounds = load::Rounds::Count(a.value(flag)?),
+            "--depth" => depth = a.value(flag)?,
             other => return Err(a.unknown(other)),
         }
     }
     let addr = addr.ok_or_else(|| a.bad("load needs --addr".into()))?;
     if conns == 0 || msg == 0 {
         return Err(a.bad("--conns and --msg must be at least 1".into()));
+    }
+    if depth > 0 {
+        let load::Rounds::For(secs) = rounds else {
+            return Err(a.bad("--depth streams for --secs, not --count".into()));
+        };
+        let o = load::stream(addr, conns, msg, depth, secs).map_err(|e| e.to_string())?;
+        println!(
+            "{} msgs in {:.2} s: {:.0} msgs/s, {:.1} MB/s, {depth} in flight per connection (every byte verified)",
+            o.msgs,
+            o.busy.as_secs_f64(),
+            o.msgs as f64 / o.busy.as_secs_f64(),
+            o.bytes as f64 / o.busy.as_secs_f64() / 1e6,
+        );
+        return Ok(());
     }
     let spec = load::Spec {
         conns,
