@@ -92,7 +92,7 @@ fn main() {
     } else {
         // TCP_NODELAY on the listener, which Linux hands to every accepted
         // socket: echoes go out at once, as the other bench servers' do.
-        nodelay_listener(listen)
+        common::listener(listen)
             .map_err(gaio::Error::Io)
             .and_then(|l| pool.listen_on(l))
     }
@@ -142,15 +142,4 @@ fn print_stats(pool: &Pool<()>) {
         );
     }
     let _ = out.flush();
-}
-
-/// A listener (backlog 4096) whose accepted sockets have `TCP_NODELAY`.
-fn nodelay_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.set_nodelay(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
 }

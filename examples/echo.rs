@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use gaio::{Buffer, Conn, Error, Op, Watcher};
@@ -71,7 +71,7 @@ fn main() {
         )),
     };
     // The watcher accepts too: no thread besides this one.
-    let l = cli.watch_listener(&mut w, listen, listener(listen));
+    let l = cli.watch_listener(&mut w, listen, common::listener(listen));
 
     if let Err(e) = serve(&mut w, l, owned) {
         cli.fail(common::gaio_reason(&e));
@@ -136,17 +136,4 @@ fn serve(w: &mut Watcher<()>, listener: Conn, owned: Option<usize>) -> gaio::Res
             }
         }
     }
-}
-
-/// A listener with a 4096 backlog: std's 128 overflows when thousands of clients
-/// connect at once, and every dropped SYN costs the client a 1 s retransmit.
-fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    // Accepted sockets inherit it (Linux): replies are not held back by Nagle.
-    s.set_nodelay(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
 }

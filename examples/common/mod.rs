@@ -127,6 +127,20 @@ impl Cli {
     }
 }
 
+/// A TCP listener with a 4096 backlog (std's 128 overflows when thousands of
+/// clients connect at once, and every dropped SYN costs the client a 1 s
+/// retransmit) and `TCP_NODELAY`, which accepted sockets inherit on Linux:
+/// replies are not held back by Nagle.
+pub fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
 /// An I/O error as a short reason: `permission denied`, not
 /// `Permission denied (os error 13)` or a Debug struct.
 pub fn reason(e: &std::io::Error) -> String {

@@ -91,11 +91,12 @@ impl<C> Local<'_, C> {
         if conn.watcher != eng.shared.id {
             return Err(Error::ForeignConn);
         }
-        if kind == Kind::Close || eng.remote_pending() {
-            // A close may wait for the kernel (io_uring): only on its thread.
+        let remote = eng.remote_pending();
+        if remote || kind == Kind::Close {
+            // Either may wait for the kernel (io_uring): only on its thread.
             eng.driver.check_thread()?;
         }
-        if eng.remote_pending() {
+        if remote {
             // Requests other threads made first go first.
             eng.run_remote();
         }

@@ -116,14 +116,16 @@ impl Driver {
     }
 }
 
-/// Waits for readiness or completions: `true` if any connection has something
-/// (readiness events in the poll driver; completions appended to `cqes`).
+/// Completions reaped by the io_uring driver (none elsewhere).
 #[cfg(target_os = "linux")]
 pub(crate) type Cqes = Vec<uring::Cqe>;
 #[cfg(not(target_os = "linux"))]
 pub(crate) type Cqes = Vec<()>;
 
 impl Driver {
+    /// Waits for readiness or completions: `true` if any connection has
+    /// something (readiness events in the poll driver; completions appended to
+    /// `cqes`).
     #[inline]
     pub fn poll(&mut self, timeout: Option<Duration>, _cqes: &mut Cqes) -> io::Result<bool> {
         match self {
