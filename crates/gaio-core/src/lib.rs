@@ -124,6 +124,7 @@
 // completions) → `driver` (moves the bytes). `conn` and `req` define the token
 // and the request, each in one place.
 mod backend;
+mod completion;
 mod conn;
 mod driver;
 mod engine;
@@ -135,11 +136,12 @@ mod submit;
 mod watcher;
 
 pub use backend::{Backend, ParseBackendError};
+pub use completion::{Buffer, Completion, Op, Stats};
 pub use conn::Conn;
 pub use error::{Error, Result};
 pub use queue::ConnCounts;
 pub use submit::{Local, Submitter, WriteBuf};
-pub use watcher::{Buffer, Builder, Completion, Completions, Op, Stats, Watcher};
+pub use watcher::{Builder, Completions, Watcher};
 
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
