@@ -162,4 +162,9 @@ pub struct Stats {
     pub queued_write_bytes: usize,
     /// The backend the watcher runs on (`Epoll` or `IoUring`, never `Auto`).
     pub backend: Backend,
+    /// Completions the kernel reported lost (io_uring: a completion queue
+    /// overflow it could not buffer; the watcher bounds operations in flight by
+    /// the queue's size, so this stays 0 unless the kernel ran out of memory).
+    /// Requests whose completion was lost never complete; this says so.
+    pub lost_completions: u64,
 }

@@ -58,8 +58,16 @@ pub(crate) struct Token {
 }
 
 impl Token {
-    pub fn of(conn: Conn) -> u64 {
-        (u64::from(conn.generation) << 32) | u64::from(conn.slot)
+    pub fn of(conn: Conn) -> Token {
+        Token {
+            slot: conn.slot,
+            generation: conn.generation,
+        }
+    }
+
+    /// As a poller token.
+    pub fn encode(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.slot)
     }
 
     pub fn decode(token: u64) -> Token {
@@ -67,6 +75,15 @@ impl Token {
             slot: token as u32,
             generation: (token >> 32) as u32,
         }
+    }
+
+    /// Whether an event under this token is for the slot's connection of
+    /// `generation`. Drivers may carry only its low 16 bits (io_uring user
+    /// data has no room for more); a slot is never reused 65,536 times while
+    /// an event for it waits.
+    #[inline]
+    pub fn is_for(self, generation: u32) -> bool {
+        (self.generation ^ generation) & 0xffff == 0
     }
 }
 

@@ -117,7 +117,7 @@
 //! * **Allocation.** Requests made through a `Local`, and all completions,
 //!   allocate nothing once warm. `Submitter` requests go through a lock-free
 //!   `SegQueue`, which allocates a block per 31 submissions.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 // Layout: `watcher` is the public face; a request goes `submit` (Local: straight
 // to the engine; Submitter: through `queue`) → `engine` (table, queues, deadlines,

@@ -118,6 +118,7 @@ struct Published {
     freed: AtomicU64,
     syscalls: AtomicU64,
     queued_write_bytes: AtomicUsize,
+    lost: AtomicU64,
     uring: AtomicBool,
 }
 
@@ -229,6 +230,7 @@ impl<C> Shared<C> {
             .store(st.queued_write_bytes, Ordering::Relaxed);
         p.uring
             .store(st.backend == crate::Backend::IoUring, Ordering::Relaxed);
+        p.lost.store(st.lost_completions, Ordering::Relaxed);
     }
 
     pub fn published(&self) -> Stats {
@@ -247,6 +249,7 @@ impl<C> Shared<C> {
             } else {
                 crate::Backend::Epoll
             },
+            lost_completions: p.lost.load(Ordering::Relaxed),
         }
     }
 }

@@ -68,13 +68,16 @@ pub(crate) enum Buf {
     Owned(Vec<u8>),
     /// An immutable buffer shared with other writes (a broadcast).
     Shared(Arc<[u8]>),
+    /// Lent to the kernel by an operation in flight (io_uring): back with its
+    /// completion.
+    Lent,
 }
 
 impl Buf {
     #[inline]
     pub fn len(&self) -> usize {
         match self {
-            Buf::None => 0,
+            Buf::None | Buf::Lent => 0,
             Buf::Owned(v) => v.len(),
             Buf::Shared(b) => b.len(),
         }
@@ -195,8 +198,32 @@ impl<C> Req<C> {
         match &self.buf {
             Buf::Owned(b) => &b[self.done()..],
             Buf::Shared(b) => &b[self.done()..],
-            Buf::None => &[],
+            Buf::None | Buf::Lent => &[],
         }
+    }
+
+    /// Lends the buffer to an operation (`None` for a swap-buffer read): the
+    /// request waits in its queue, marked lent, until [`give_back`](Self::give_back).
+    pub fn lend(&mut self) -> Option<Buf> {
+        match std::mem::replace(&mut self.buf, Buf::Lent) {
+            Buf::None => {
+                self.buf = Buf::None;
+                None
+            }
+            b => Some(b),
+        }
+    }
+
+    /// The buffer an operation lent comes back.
+    pub fn give_back(&mut self, buf: Buf) {
+        debug_assert!(matches!(self.buf, Buf::Lent));
+        self.buf = buf;
+    }
+
+    /// Its deadline passed while an operation held it: it completes with
+    /// `Deadline` once the operation is over.
+    pub fn is_expired(&self) -> bool {
+        self.timer() == EXPIRED
     }
 
     /// Where an owned-buffer read goes next; `None` for a swap-buffer read.

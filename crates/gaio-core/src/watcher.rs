@@ -12,7 +12,7 @@ use gaio_sys::Waker;
 
 use crate::Backend;
 use crate::conn::WAKE_TOKEN;
-use crate::driver::{Driver, poll};
+use crate::driver::{Driver, Swap, SwapMem, poll};
 use crate::engine::{Core, Done, DoneBuf, Engine, Trim, Trims};
 use crate::queue::Shared;
 use crate::submit::{Local, Submitter};
@@ -28,36 +28,8 @@ use crate::{Buffer, Completion, Conn, Error, Result, Stats};
 #[derive(Debug)]
 pub struct Completions<'a, C> {
     inner: std::vec::Drain<'a, Done<C>>,
-    swap: &'a [u8],
-    /// The io_uring buffer ring's bytes (null on epoll).
-    ring: RingMem,
+    swap: &'a Swap,
     eng: &'a RefCell<Engine<C>>,
-}
-
-/// Where the io_uring buffer ring's bytes start: the kernel writes into the
-/// ring while a batch borrows bytes of it that it will not write again until
-/// the batch is over, so it is reached through a raw pointer, never a `&[u8]`
-/// of the whole.
-#[derive(Debug, Clone, Copy)]
-struct RingMem(*const u8);
-
-// SAFETY: the pointer is only read through by the thread that owns the watcher
-// (batches do not cross threads); the memory is the watcher's own.
-#[allow(unsafe_code)]
-unsafe impl Send for RingMem {}
-
-impl RingMem {
-    /// The `len` bytes at `off`, for as long as the batch (`'a`) lives.
-    #[allow(unsafe_code)]
-    fn bytes<'a>(self, off: usize, len: usize) -> &'a [u8] {
-        if len == 0 {
-            return &[];
-        }
-        // SAFETY: a `DoneBuf::Ring` names bytes the kernel filled and will not
-        // write again before the next `wait_io`, which needs `&mut Watcher`,
-        // so not before the batch borrowing them (`'a`) is over.
-        unsafe { std::slice::from_raw_parts(self.0.add(off), len) }
-    }
 }
 
 impl<'a, C> Completions<'a, C> {
@@ -86,8 +58,7 @@ impl<'a, C> Iterator for Completions<'a, C> {
         let d = self.inner.next()?;
         let buffer = match d.buf {
             DoneBuf::Owned(v) => Buffer::Owned(v),
-            DoneBuf::Swap { off, len } => Buffer::Swap(&self.swap[off..off + len]),
-            DoneBuf::Ring { off, len } => Buffer::Swap(self.ring.bytes(off, len)),
+            DoneBuf::Swap { at, len } => Buffer::Swap(self.swap.bytes(at, len)),
             DoneBuf::Shared(b) => Buffer::Shared(b),
             DoneBuf::Accepted { conn, peer } => Buffer::Accepted { conn, peer },
             DoneBuf::None => Buffer::None,
@@ -171,10 +142,11 @@ impl<C> Builder<C> {
     /// on epoll, 16 MiB on io_uring). All swap reads of one batch share it; when
     /// it is used up the remaining ones wait for the next `wait_io`.
     ///
-    /// On io_uring it is a ring of provided buffers the kernel fills while the
-    /// application works, one receive per buffer: buffers of the size given, up
-    /// to 16 KiB (one read returns at most that much), as many as fit (rounded
-    /// down to a power of two). Its pages are touched as receives use them.
+    /// On io_uring it is a ring of provided buffers the kernel fills, one
+    /// receive per buffer: a 64th of the size each (at least 256 bytes, at most
+    /// 16 KiB: one read returns at most that much), as many as fit (rounded down
+    /// to a power of two), so a small swap buffer still has 64 buffers for
+    /// connections to share. Its pages are touched as receives use them.
     pub fn swap_buffer(mut self, bytes: usize) -> Self {
         self.swap = Some(bytes);
         self
@@ -247,33 +219,22 @@ impl<C> Builder<C> {
             }
         }
         let backend = self.backend.unwrap_or_else(Backend::from_env);
-        let (driver, waker) = match backend {
-            Backend::Epoll => readiness(self.events)?,
-            Backend::IoUring => uring(self.swap.unwrap_or(URING_SWAP))?,
-            Backend::Auto => uring(self.swap.unwrap_or(URING_SWAP)).or_else(|e| {
+        let plain = || readiness(self.events, self.swap.unwrap_or(64 * 1024));
+        let ring = || uring(self.swap.unwrap_or(URING_SWAP));
+        let (driver, waker, mem) = match backend {
+            Backend::Epoll => plain()?,
+            Backend::IoUring => ring()?,
+            Backend::Auto => ring().or_else(|e| {
                 tracing::info!(error = %e, "gaio: io_uring unavailable, using epoll");
-                readiness(self.events)
+                plain()
             })?,
         };
-        let ring = RingMem(match &driver {
-            #[cfg(target_os = "linux")]
-            Driver::Uring(d) => d.ring_mem(),
-            _ => std::ptr::null(),
-        });
         tracing::debug!(backend = %driver.backend(), "gaio watcher built");
-        // The readiness driver reads into this; the completion driver copies
-        // into it the bytes that arrived before their read.
-        let swap = match &driver {
-            Driver::Poll(_) => self.swap.unwrap_or(64 * 1024),
-            #[cfg(target_os = "linux")]
-            Driver::Uring(_) => self.swap.unwrap_or(URING_SWAP).min(64 * 1024),
-        };
         let shared = Arc::new(Shared::new(waker));
         let w = Watcher {
-            ring,
-            eng: RefCell::new(Engine::new(shared.clone(), driver, swap, self.write_limit)),
+            eng: RefCell::new(Engine::new(shared.clone(), driver, self.write_limit)),
             shared,
-            swap: vec![0; swap].into_boxed_slice(),
+            swap: Swap::new(mem),
             batch: Vec::new(),
             batch_used: 0,
             batch_trim: Trim::default(),
@@ -290,32 +251,36 @@ impl<C> Builder<C> {
     }
 }
 
-/// The readiness driver and its waker.
-fn readiness(events: usize) -> Result<(Driver, Waker)> {
+/// The readiness driver, its waker and a plain swap buffer of `swap` bytes.
+fn readiness(events: usize, swap: usize) -> Result<(Driver, Waker, SwapMem)> {
     let driver = poll::Driver::new(events)?;
     let waker = Waker::new(driver.poller(), WAKE_TOKEN)?;
-    Ok((Driver::Poll(driver), waker))
+    let mem = SwapMem::Plain(vec![0; swap].into_boxed_slice());
+    Ok((Driver::Poll(driver), waker, mem))
 }
 
 /// The io_uring swap buffer by default: 1,024 ring buffers of 16 KiB.
 const URING_SWAP: usize = 16 << 20;
 
-/// The io_uring driver and its waker, or why not. Swap-buffer reads land in a
-/// ring of `swap` bytes (see [`Builder::swap_buffer`]).
+/// The io_uring driver, its waker and the ring of provided buffers
+/// swap-buffer reads land in (`swap` bytes, see [`Builder::swap_buffer`]), or
+/// why not.
 #[cfg(target_os = "linux")]
-fn uring(swap: usize) -> Result<(Driver, Waker)> {
+fn uring(swap: usize) -> Result<(Driver, Waker, SwapMem)> {
     use crate::driver::uring;
     let waker = Waker::eventfd()?;
-    let buffer_len = swap.min(16 * 1024);
-    let count = (swap / buffer_len).min(1 << 15);
-    // A power of two (the ring's index mask), rounded down.
-    let count = 1u16 << count.ilog2();
+    // At least 64 buffers where the size allows (a 64 KiB swap buffer is 64 of
+    // 1 KiB, not 4 of 16 KiB that every connection fights over: each receive
+    // takes one buffer); 256 bytes to 16 KiB each; never more than `swap` in all.
+    let buffer_len = (swap / 64).clamp(256, 16 * 1024);
+    let count = (swap / buffer_len).clamp(1, 1 << 15);
+    let count = 1u16 << count.ilog2(); // a power of two (the ring's index mask)
     let cfg = uring::Config {
         entries: 2048,
         buffers: count,
         buffer_len: buffer_len as u32,
     };
-    let driver = uring::Driver::new(cfg, &waker).map_err(|e| {
+    let (driver, buffers) = uring::Driver::new(cfg, &waker).map_err(|e| {
         if e.kind() == io::ErrorKind::Unsupported {
             Error::Io(e)
         } else {
@@ -325,11 +290,11 @@ fn uring(swap: usize) -> Result<(Driver, Waker)> {
             ))
         }
     })?;
-    Ok((Driver::Uring(driver), waker))
+    Ok((Driver::Uring(driver), waker, SwapMem::Ring(buffers)))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn uring(_swap: usize) -> Result<(Driver, Waker)> {
+fn uring(_swap: usize) -> Result<(Driver, Waker, SwapMem)> {
     Err(Error::Io(io::Error::new(
         io::ErrorKind::Unsupported,
         "io_uring is Linux only",
@@ -367,8 +332,8 @@ pub struct Watcher<C> {
     /// (no runtime borrow check).
     eng: RefCell<Engine<C>>,
     shared: Arc<Shared<C>>,
-    swap: Box<[u8]>,
-    ring: RingMem,
+    /// Where swap-buffer reads land; batches borrow it.
+    swap: Swap,
     /// The batch being handed out: the engine's completions, swapped in at the
     /// end of each `wait_io`.
     batch: Vec<Done<C>>,
@@ -591,13 +556,15 @@ impl<C> Watcher<C> {
         }
         self.eng.get_mut().driver.check_thread()?;
         self.closed = true;
-        self.shared.close();
         let eng = self.eng.get_mut();
         eng.closed = true;
         let conns = eng.stats().conns;
-        // Dropping the table closes every fd, which also removes it from the poller.
+        // Operations end first (the kernel hands back what it holds), then
+        // dropping the table closes every fd, which also removes it from the
+        // poller; the waker's fd closes last.
         eng.clear();
         self.batch.clear();
+        self.shared.close();
         self.shared.publish(&eng.stats());
         tracing::debug!(conns, "gaio watcher closed");
         Ok(())
@@ -621,13 +588,13 @@ impl<C> Watcher<C> {
         self.eng.get_mut().driver.check_thread()?;
         self.pin()?;
         let eng = self.eng.get_mut();
-        let swap = &mut self.swap[..];
+        let swap = &mut self.swap;
         self.batch_trim.after(&mut self.batch, self.batch_used);
-        // The previous batch's borrow of the swap buffer (and ring) has ended.
-        // Completions made since (a close that had to wait for the kernel) may
-        // point into the ring too: then its buffers wait for the next call.
+        // The previous batch's borrow of the swap space has ended. Completions
+        // made since (a `free` between batches) may refer to it too: then it
+        // waits for the next call.
         if eng.done.is_empty() {
-            eng.recycle_ring();
+            eng.driver.recycle(swap);
         }
         eng.retry_swap_waiters(swap);
         loop {
@@ -636,8 +603,6 @@ impl<C> Watcher<C> {
                 eng.run_remote();
             }
             eng.run_dirty(swap);
-            // Completions a cancellation reaped on the way (io_uring).
-            eng.dispatch_reaped(swap);
             eng.expire(swap);
             eng.retry_backoff(swap);
             if std::mem::take(&mut eng.woken) && eng.done.is_empty() {
@@ -646,8 +611,8 @@ impl<C> Watcher<C> {
             if !eng.done.is_empty() {
                 // Completions already: return them without a poll, but poll (without
                 // blocking) every other batch so readiness cannot starve, and
-                // whenever operations wait to be submitted (io_uring), so they
-                // run while the application handles this batch.
+                // whenever operations wait to be submitted (a completion driver),
+                // so they run while the application handles this batch.
                 let submit = eng.driver.has_unsubmitted();
                 if (self.skipped_poll || submit) && eng.poll_driver(Some(Duration::ZERO))? {
                     eng.dispatch(swap);
@@ -662,9 +627,9 @@ impl<C> Watcher<C> {
                 let d = next.saturating_duration_since(eng.now());
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
-            // Nothing of this batch borrows ring bytes yet (`done` is empty):
-            // reads that found the ring empty need not wait for the next call.
-            if eng.recycle_ring() | eng.has_swap_waiters() {
+            // Nothing of this batch refers to swap space yet (`done` is
+            // empty): reads that found none need not wait for the next call.
+            if eng.driver.recycle(swap) | eng.has_swap_waiters() {
                 eng.retry_swap_waiters(swap);
                 if !eng.done.is_empty() {
                     continue;
@@ -684,14 +649,14 @@ impl<C> Watcher<C> {
         // Accepted connections are live before the batch announces them.
         eng.install_accepted();
         std::mem::swap(&mut self.batch, &mut eng.done);
-        eng.swap_handed_out();
+        // The batch owns the swap bytes it refers to until the next call.
+        swap.used = 0;
         self.trims.done.after(&mut eng.done, self.batch_used);
         self.batch_used = self.batch.len();
         self.shared.publish(&eng.stats());
         Ok(Completions {
             inner: self.batch.drain(..),
             swap: &self.swap,
-            ring: self.ring,
             eng: &self.eng,
         })
     }

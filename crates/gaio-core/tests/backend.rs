@@ -191,11 +191,11 @@ fn io_uring_watcher_moved_to_another_thread_errs_cleanly() {
     .unwrap();
 }
 
-/// On io_uring a swap read leaves its multishot receive armed, so bytes can
-/// arrive with no read pending; detaching then would lose them: it is refused
-/// until a read takes them, and nothing is lost.
+/// Bytes that arrive with no read pending stay in the socket on every
+/// backend (io_uring reads are single-shot: nothing takes bytes no request
+/// asked for), so a detached fd hands them over.
 #[test]
-fn detach_refuses_while_received_bytes_wait_for_a_read() {
+fn detach_hands_over_bytes_no_read_took() {
     let _serial = serial();
     let (a, mut b) = UnixStream::pair().unwrap();
     let mut w: Watcher<u8> = Watcher::new().unwrap();
@@ -204,24 +204,11 @@ fn detach_refuses_while_received_bytes_wait_for_a_read() {
     b.write_all(b"one").unwrap();
     assert_eq!(one(&mut w).data, b"one");
     b.write_all(b"two").unwrap();
-    // No read pending: nothing may complete (io_uring sets the bytes aside).
+    // No read pending: nothing may complete.
     assert_quiet(&mut w, Duration::from_millis(50));
-    if w.stats().backend == Backend::IoUring {
-        let e = w.local().detach(conn).unwrap_err();
-        assert!(
-            matches!(&e, Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock),
-            "{e:?}"
-        );
-        w.local().read(conn, 1, None).unwrap();
-        assert_eq!(one(&mut w).data, b"two");
-        let fd = w.local().detach(conn).unwrap();
-        drop(fd);
-    } else {
-        // epoll left the bytes in the socket: they go with it.
-        let fd = w.local().detach(conn).unwrap();
-        let mut a = UnixStream::from(fd);
-        let mut got = [0u8; 3];
-        std::io::Read::read_exact(&mut a, &mut got).unwrap();
-        assert_eq!(&got, b"two");
-    }
+    let fd = w.local().detach(conn).unwrap();
+    let mut a = UnixStream::from(fd);
+    let mut got = [0u8; 3];
+    std::io::Read::read_exact(&mut a, &mut got).unwrap();
+    assert_eq!(&got, b"two");
 }

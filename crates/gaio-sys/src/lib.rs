@@ -1,4 +1,5 @@
-//! The OS boundary of gaio: the only crate in the workspace that makes system calls.
+//! The OS boundary of gaio: the only crate in the workspace that makes system calls,
+//! and the only one with `unsafe`.
 //!
 //! It offers four things, each the same on every supported platform:
 //!
@@ -13,6 +14,9 @@
 //!   comes back as [`std::io::ErrorKind::WouldBlock`]; [`send`] and [`sendv`] never raise
 //!   `SIGPIPE`. [`AcceptError`] says what an accept failure means for an accept loop.
 //! * Thread pinning: [`pin_current_thread`] and [`current_thread_affinity`].
+//! * Linux io_uring ([`uring`]): ring setup and feature probing, operations whose
+//!   buffers the ring owns until their last completion, enter with a timeout,
+//!   reaping, and the provided-buffer ring with a borrow-bound accessor.
 //!
 //! # Quick start
 //!
@@ -121,6 +125,8 @@ compile_error!("gaio supports Linux/Android (epoll) and macOS/iOS/BSD (kqueue) o
 
 mod affinity;
 mod io;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 pub use affinity::{current_thread_affinity, pin_current_thread};
 pub use io::{

@@ -1,38 +1,37 @@
-//! The engine: the connection table with typed state, per-direction request
-//! queues, deadlines, swap-buffer accounting and completions — everything that
-//! makes a request mean the same on every backend. The driver only moves bytes.
+//! The engine: the connection table with typed state ([`Life`]), per-direction
+//! request queues, deadlines, swap-buffer accounting and completions —
+//! everything that makes a request mean the same on every backend. It decides
+//! what happens next on a connection; the driver decides how (see
+//! `driver/mod.rs`), and the engine never asks which driver it has.
 //!
-//! A request's path through it: [`Engine::submit`] checks the token
-//! ([`Table::live_mut`]), arms its deadline and appends it to its connection's
-//! queue, marking the connection dirty; at the watcher's next turn,
-//! [`Engine::run_dirty`] (or a readiness event, [`Engine::dispatch`]) calls
-//! [`Engine::progress`], which moves bytes for the head of each ready direction
-//! through the driver and, when the request's own policy says it is complete,
-//! [`Engine::finish`]es it into `done`.
+//! A read's path: [`Engine::submit`] checks the token ([`Table::live_mut`]),
+//! arms its deadline and queues it, marking the connection dirty; at the
+//! watcher's next turn [`Engine::run_dirty`] calls [`Core::progress`], which
+//! asks the driver for a step on the head request ([`Driver::read`]); a result
+//! now, or later through an event ([`Engine::dispatch`] → [`Driver::apply`]),
+//! goes to [`Core::read_done`], where the request's own policy
+//! ([`Req::after_read`]) says whether it is complete, and [`Core::finish`]
+//! records the completion.
 
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-mod complete;
 mod table;
 mod timer;
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gaio_sys::{AcceptError, FdKind, IOV_MAX};
+use gaio_sys::{AcceptError, FdKind};
 
 use crate::conn::Token;
-use crate::driver::poll::Ready;
-use crate::driver::{Cqes, Driver};
+use crate::driver::{Driver, Got, Landed, Step, Swap};
 use crate::queue::{Cmd, Shared};
-use crate::req::{Buf, Direction, EXPIRED, Kind, NO_TIMER, Req, Step};
+use crate::req::{Buf, Direction, EXPIRED, Kind, NO_TIMER, Req, Step as ReadStep};
 use crate::{Conn, Error, Op, Result, Stats};
 
 use table::ConnState;
-pub(crate) use table::Table;
+pub(crate) use table::{Life, Queue, Table};
 use timer::Timers;
 
 /// `EPERM`, which epoll answers for fds it cannot watch (regular files): the same
@@ -45,13 +44,9 @@ pub(crate) enum DoneBuf {
     None,
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+    /// Bytes a swap-buffer read received, where they landed.
     Swap {
-        off: usize,
-        len: usize,
-    },
-    /// Bytes a swap-buffer read received in the io_uring buffer ring.
-    Ring {
-        off: usize,
+        at: Landed,
         len: usize,
     },
     /// The peer is boxed (one small allocation per accept) so that every other
@@ -66,11 +61,8 @@ pub(crate) enum DoneBuf {
 #[derive(Debug)]
 pub(crate) enum Extra {
     None,
-    /// A swap-buffer read landed at this offset.
-    Swap(usize),
-    /// A swap-buffer read landed at this offset of the io_uring buffer ring.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    Ring(usize),
+    /// A swap-buffer read landed here.
+    Landed(Landed),
     /// An accept produced this connection.
     Accepted(Conn, Option<SocketAddr>),
 }
@@ -120,18 +112,10 @@ pub(crate) struct Core<C> {
     /// Completions made since the last batch was handed out.
     pub done: Vec<Done<C>>,
     stats: Stats,
-    /// Swap-buffer bytes used by the current batch, the size of the buffer, and
-    /// the least room worth starting a read into (a sliver costs a syscall per
-    /// few bytes: wait for the next batch instead).
-    swap_used: usize,
-    swap_len: usize,
-    swap_min: usize,
-    /// Connections whose swap read waits for the next batch's buffer.
+    /// Connections whose swap read waits for the next batch's swap space.
     swap_waiters: Vec<u32>,
     /// Connections with requests (or a `free`) not tried yet.
     pub dirty: Vec<u32>,
-    /// Readiness events of the last poll, copied out of the driver.
-    ready: Vec<Ready>,
     /// Commands taken from the cross-thread queue so far.
     pub drained: u64,
     /// A `Submitter::wake` arrived: return from `wait_io` even with no completions.
@@ -146,18 +130,6 @@ pub(crate) struct Core<C> {
     accepted: Vec<(Conn, OwnedFd)>,
     /// Listeners waiting out fd exhaustion.
     backoff: Vec<Backoff>,
-    /// Completions of the last io_uring wait, and how many were dispatched.
-    cqes: Cqes,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    cqe_at: usize,
-    /// Results that arrived (io_uring) before the read or accept they are for.
-    /// In arrival order, by slot: few and short-lived (one list, no map, so
-    /// the steady state allocates nothing).
-    #[cfg(target_os = "linux")]
-    early: Vec<(u32, complete::Early)>,
-    /// Emptied byte buffers of `early`, for the next ones.
-    #[cfg(target_os = "linux")]
-    spare: Vec<Vec<u8>>,
 }
 
 impl<C> std::ops::Deref for Engine<C> {
@@ -174,22 +146,7 @@ impl<C> std::ops::DerefMut for Engine<C> {
 }
 
 impl<C> Engine<C> {
-    pub fn new(
-        shared: Arc<Shared<C>>,
-        driver: Driver,
-        swap_len: usize,
-        write_limit: Option<usize>,
-    ) -> Engine<C> {
-        // io_uring sets early bytes aside in these: sized up front, so an echo's
-        // steady state allocates nothing (64 KiB per watcher, with the ring).
-        #[cfg(target_os = "linux")]
-        let (early, spare) = if driver.is_uring() {
-            let mut spare = Vec::with_capacity(64);
-            spare.extend((0..4).map(|_| Vec::with_capacity(16 * 1024)));
-            (Vec::with_capacity(64), spare)
-        } else {
-            (Vec::new(), Vec::new())
-        };
+    pub fn new(shared: Arc<Shared<C>>, driver: Driver, write_limit: Option<usize>) -> Engine<C> {
         Engine {
             table: Table::new(),
             core: Core {
@@ -199,12 +156,8 @@ impl<C> Engine<C> {
                 timers: Timers::default(),
                 done: Vec::new(),
                 stats: Stats::default(),
-                swap_used: 0,
-                swap_len,
-                swap_min: swap_len.min(1024),
                 swap_waiters: Vec::new(),
                 dirty: Vec::new(),
-                ready: Vec::new(),
                 drained: 0,
                 woken: false,
                 now: None,
@@ -212,12 +165,6 @@ impl<C> Engine<C> {
                 write_limit: write_limit.unwrap_or(usize::MAX),
                 accepted: Vec::new(),
                 backoff: Vec::new(),
-                cqes: Cqes::new(),
-                cqe_at: 0,
-                #[cfg(target_os = "linux")]
-                early,
-                #[cfg(target_os = "linux")]
-                spare,
             },
         }
     }
@@ -313,8 +260,7 @@ impl<C> Engine<C> {
             .filter(|_| conn.watcher == core.id);
         let len = req.buf.len();
         if let Some(c) = &live {
-            if kind == Kind::Write && c.queued + len > core.write_limit && !c.closing && !c.draining
-            {
+            if kind == Kind::Write && c.queued + len > core.write_limit && !c.life.is_ending() {
                 if refuse {
                     return Err(Error::WriteLimit);
                 }
@@ -328,36 +274,32 @@ impl<C> Engine<C> {
             core.finish(conn, req, 0, Err(Error::ConnClosed), Extra::None);
             return Ok(());
         };
-        if c.closing || c.draining {
+        if kind == Kind::Write {
+            // Every queued write counts until it leaves its queue (`end`, `wrote`).
+            c.queued += len;
+            core.stats.queued_write_bytes += len;
+        }
+        if c.life.is_ending() {
             // Freed or closing, not closed yet: it completes with ConnClosed when
-            // the connection closes, after the requests made before.
+            // it reaches the head of its queue, after the requests made before.
             req.doom();
             c.push(dir, req);
             return Ok(());
         }
         if let Some(at) = deadline {
             if at <= core.now() {
-                core.finish(conn, req, 0, Err(Error::Deadline), Extra::None);
+                core.end(c, conn.slot, req, Err(Error::Deadline));
                 return Ok(());
             }
             req.set_timer(core.timers.insert(at, conn.slot, conn.generation, dir));
         }
-        match kind {
-            Kind::Write => {
-                c.queued += len;
-                core.stats.queued_write_bytes += len;
-            }
-            Kind::Close => {
-                // Reads end now; writes before the close still go out.
-                c.draining = true;
-                #[cfg(target_os = "linux")]
-                core.settle_reads(c, conn.slot);
-                while let Some(r) = c.queue(Direction::Read).pop() {
-                    let done = r.done();
-                    core.finish(conn, r, done, Err(Error::ConnClosed), Extra::None);
-                }
-            }
-            _ => {}
+        if kind == Kind::Close {
+            // Reads end now (a read an operation holds, when it comes back);
+            // writes before the close still go out.
+            c.life = Life::Draining;
+            c.queue(Direction::Read).iter_mut().for_each(Req::doom);
+            core.driver
+                .cancel(&mut c.io, Token::of(conn), Direction::Read);
         }
         c.push(dir, req);
         core.mark_dirty(c, conn.slot);
@@ -375,7 +317,7 @@ impl<C> Engine<C> {
     }
 
     /// Tries again the listeners whose fd-exhaustion pause is over.
-    pub fn retry_backoff(&mut self, swap: &mut [u8]) {
+    pub fn retry_backoff(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
         if core.backoff.is_empty() {
             return;
@@ -389,7 +331,6 @@ impl<C> Engine<C> {
             b.at = None;
             let (slot, generation) = (b.slot, b.generation);
             if let Some(c) = table.live_mut(slot, generation) {
-                c.ready.add(true, false, false);
                 core.progress(c, slot, swap);
             }
         }
@@ -412,26 +353,27 @@ impl<C> Engine<C> {
             return;
         }
         if let Some(c) = table.live_mut(conn.slot, conn.generation) {
-            c.closing = true;
+            c.life = Life::Closing;
             core.mark_dirty(c, conn.slot);
         }
     }
 
     /// Frees `conn` at once: the requests queued before get their chance to move,
     /// then it closes. Only between batches (it may read into the swap buffer).
-    pub fn free_now(&mut self, conn: Conn, swap: &mut [u8]) {
+    pub fn free_now(&mut self, conn: Conn, swap: &mut Swap) {
         self.free(conn);
         let Engine { table, core } = self;
         if let Some(c) = table.live_mut(conn.slot, conn.generation) {
-            if c.closing {
+            if c.life == Life::Closing {
                 core.progress(c, conn.slot, swap);
                 core.close(c, conn.slot);
             }
         }
     }
 
-    /// Takes `conn` out of the watcher without closing it (pending requests
-    /// complete with `ConnClosed`). `None` for a stale, foreign or freed `Conn`.
+    /// Takes `conn` out of the watcher without closing it: pending requests
+    /// complete with `ConnClosed`, but a read an operation holds completes when
+    /// the operation comes back, with the bytes it took if any (so none is lost).
     pub fn detach(&mut self, conn: Conn) -> Result<OwnedFd> {
         let Engine { table, core } = self;
         if conn.watcher != core.id {
@@ -439,23 +381,16 @@ impl<C> Engine<C> {
         }
         let c = table
             .live_mut(conn.slot, conn.generation)
+            .filter(|c| c.life != Life::Closing)
             .ok_or(Error::ConnClosed)?;
-        if c.closing {
-            return Err(Error::ConnClosed);
-        }
-        if c.early {
-            // io_uring received bytes (or accepted connections) that no read
-            // (or accept) has taken yet: handing the fd on would lose them.
-            return Err(Error::Io(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "received data waits for a read on this connection: read it before detaching",
-            )));
-        }
-        core.take(c, conn.slot).ok_or(Error::ConnClosed)
+        let fd = c.fd.take().ok_or(Error::ConnClosed)?;
+        core.driver.detach(fd.as_fd());
+        core.close(c, conn.slot);
+        Ok(fd)
     }
 
     /// Frees every live connection at once.
-    pub fn free_all(&mut self, swap: &mut [u8]) {
+    pub fn free_all(&mut self, swap: &mut Swap) {
         let live: Vec<Conn> = self.table.live(self.core.id).collect();
         for conn in live {
             self.free_now(conn, swap);
@@ -463,7 +398,7 @@ impl<C> Engine<C> {
     }
 
     /// Tries every connection that got requests (or a `free`) since the last turn.
-    pub fn run_dirty(&mut self, swap: &mut [u8]) {
+    pub fn run_dirty(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
         let dirty = std::mem::take(&mut core.dirty);
         for &slot in &dirty {
@@ -471,11 +406,8 @@ impl<C> Engine<C> {
                 continue;
             };
             c.dirty = false;
-            if c.fd.is_none() {
-                continue;
-            }
             core.progress(c, slot, swap);
-            if c.closing {
+            if c.life == Life::Closing {
                 core.close(c, slot);
             }
         }
@@ -486,57 +418,38 @@ impl<C> Engine<C> {
         core.dirty.clear();
     }
 
-    /// Handles the readiness the last poll reported.
-    pub fn dispatch(&mut self, swap: &mut [u8]) {
-        #[cfg(target_os = "linux")]
-        if self.driver.is_uring() {
-            self.dispatch_cqes(swap);
-            return;
-        }
+    /// Handles what the last poll reported: for each event, the driver applies
+    /// it (readiness, or an operation's result) and the connection moves on.
+    pub fn dispatch(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
-        let mut ready = std::mem::take(&mut core.ready);
-        ready.clear();
-        ready.extend(core.driver.ready().events());
-        for ev in &ready {
-            let Some(c) = table.live_mut(ev.token.slot, ev.token.generation) else {
-                continue; // an event for a freed (or not yet installed) connection
+        while let Some((token, ev)) = core.driver.next_event() {
+            let Some(c) = table
+                .get_mut(token.slot)
+                .filter(|c| c.life != Life::Vacant && token.is_for(c.generation))
+            else {
+                continue; // an event for a closed (or not yet installed) connection
             };
-            let new = c.ready.add(ev.readable, ev.writable, ev.hup);
-            if (new.is_ready(Direction::Read) && c.head(Direction::Read).is_some())
-                || (new.is_ready(Direction::Write) && c.head(Direction::Write).is_some())
-            {
-                core.progress(c, ev.token.slot, swap);
+            let p = c.parts();
+            let (mut reads, mut writes) = (p.reads, p.writes);
+            let got = core
+                .driver
+                .apply(p.io, p.fd, ev, &mut reads, &mut writes, swap);
+            if let Some(got) = got {
+                core.got(c, token.slot, got);
             }
+            core.progress(c, token.slot, swap);
         }
-        core.ready = ready;
     }
 
-    /// Lends the kernel again the io_uring ring buffers of batches that are
-    /// over; whether any.
-    pub fn recycle_ring(&mut self) -> bool {
-        #[cfg(target_os = "linux")]
-        if let Driver::Uring(d) = &mut self.core.driver {
-            return d.recycle();
-        }
-        false
-    }
-
-    /// Reads wait for swap-buffer room (or, io_uring, ring buffers).
+    /// Reads wait for swap space.
     pub fn has_swap_waiters(&self) -> bool {
         !self.swap_waiters.is_empty()
     }
 
-    /// Applies completions reaped outside a wait (by a cancellation) and not
-    /// dispatched yet.
-    #[inline]
-    pub fn dispatch_reaped(&mut self, swap: &mut [u8]) {
-        if !self.cqes.is_empty() {
-            self.dispatch(swap);
-        }
-    }
-
-    /// Completes every request whose deadline has passed.
-    pub fn expire(&mut self, swap: &mut [u8]) {
+    /// Completes every request whose deadline has passed. One an operation
+    /// holds is marked and its operation cancelled: it completes when the
+    /// operation comes back (with what it did meanwhile, if anything).
+    pub fn expire(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
         if core.timers.len() == 0 {
             return;
@@ -546,39 +459,32 @@ impl<C> Engine<C> {
             let Some(c) = table.get_mut(t.slot) else {
                 continue;
             };
-            debug_assert!(c.generation == t.generation && c.fd.is_some());
-            #[cfg(target_os = "linux")]
-            let id = if core.driver.is_uring() {
-                // An operation may hold its buffer: that ends first.
-                core.unflight(c, t.slot, t.dir, t.id)
-            } else {
-                t.id
-            };
-            #[cfg(not(target_os = "linux"))]
-            let id = t.id;
-            let Some((mut req, was_head)) = c.queue(t.dir).take_by_timer(id) else {
-                // Completed by the operation that was cancelled for it: what
-                // is next in line moves on.
-                debug_assert!(id == EXPIRED, "armed timer without its request");
-                core.progress(c, t.slot, swap);
+            debug_assert!(c.generation == t.generation && c.life != Life::Vacant);
+            let lent = core.driver.lent(&c.io, t.dir);
+            let mut q = c.queue(t.dir);
+            let Some((pos, req)) = q.find_by_timer(t.id) else {
+                debug_assert!(false, "armed timer without its request");
                 continue;
             };
-            req.set_timer(NO_TIMER); // already out of the heap
-            let conn = core.conn(t.slot, t.generation);
-            let done = req.done();
-            let kind = req.kind();
-            if kind == Kind::Write {
-                let unsent = req.unsent().len();
-                c.queued -= unsent;
-                core.stats.queued_write_bytes -= unsent;
+            tracing::trace!(slot = t.slot, dir = ?t.dir, "gaio deadline");
+            if pos < lent {
+                req.set_timer(EXPIRED);
+                let token = Token {
+                    slot: t.slot,
+                    generation: t.generation,
+                };
+                core.driver.cancel(&mut c.io, token, t.dir);
+                continue;
             }
-            tracing::trace!(slot = t.slot, dir = ?t.dir, done, "gaio deadline");
-            core.finish(conn, req, done, Err(Error::Deadline), Extra::None);
+            let (mut req, was_head) = q.take_by_timer(t.id).expect("found above");
+            req.set_timer(NO_TIMER); // already out of the heap
+            let kind = req.kind();
+            core.end(c, t.slot, req, Err(Error::Deadline));
             if matches!(kind, Kind::Connect | Kind::Close) {
                 // A connect that never finished, or a close whose writes never
                 // drained: the connection goes now.
                 core.close(c, t.slot);
-            } else if was_head || core.driver.is_uring() {
+            } else if was_head {
                 // The next request in line may be able to proceed now.
                 core.progress(c, t.slot, swap);
             }
@@ -586,7 +492,7 @@ impl<C> Engine<C> {
     }
 
     /// Swap reads that waited for room try again.
-    pub fn retry_swap_waiters(&mut self, swap: &mut [u8]) {
+    pub fn retry_swap_waiters(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
         if core.swap_waiters.is_empty() {
             return;
@@ -595,9 +501,7 @@ impl<C> Engine<C> {
         for &slot in &waiters {
             if let Some(c) = table.get_mut(slot) {
                 c.swap_wait = false;
-                if c.fd.is_some() {
-                    core.progress(c, slot, swap);
-                }
+                core.progress(c, slot, swap);
             }
         }
         waiters.clear();
@@ -606,25 +510,21 @@ impl<C> Engine<C> {
         core.swap_waiters = waiters;
     }
 
-    /// Closes every fd but leaks every pending request, and the io_uring
-    /// ring's memory: for a watcher dropped where it cannot wait for the kernel
-    /// to give their buffers back (off its io_uring thread).
+    /// Closes every fd but leaks every pending request: for a watcher dropped
+    /// where it cannot wait for the kernel to give their buffers back (off its
+    /// io_uring thread). The driver leaks what the kernel may still use.
     pub fn abandon(&mut self) {
         self.table.close_fds();
         std::mem::forget(std::mem::replace(&mut self.table, Table::new()));
-        #[cfg(target_os = "linux")]
-        if let Driver::Uring(d) = &mut self.core.driver {
-            d.leak_on_drop();
-        }
     }
 
-    /// Drops every connection (closing its fd) and every pending request.
+    /// Ends every operation (waiting for the kernel to hand back what it
+    /// holds), then drops every connection (closing its fd) and every pending
+    /// request. Errors leave the requests the kernel may still use leaked.
     pub fn clear(&mut self) {
-        #[cfg(target_os = "linux")]
-        {
-            // No operation may still hold a buffer of what is dropped here.
-            self.core.settle_all();
-            self.core.early.clear();
+        if let Err(e) = self.core.driver.close_all() {
+            tracing::error!(error = %e, "gaio: closing the watcher left operations in flight; their buffers are leaked");
+            self.abandon();
         }
         self.table.clear();
         let core = &mut self.core;
@@ -648,6 +548,7 @@ impl<C> Core<C> {
             timers: self.timers.len(),
             syscalls: self.driver.syscalls(),
             backend: self.driver.backend(),
+            lost_completions: self.driver.lost(),
             ..self.stats
         }
     }
@@ -655,7 +556,7 @@ impl<C> Core<C> {
     /// Waits for readiness or completions (see [`Driver::poll`]).
     #[inline]
     pub fn poll_driver(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        self.driver.poll(timeout, &mut self.cqes)
+        self.driver.poll(timeout)
     }
 
     /// The time, read once per turn and only if asked for.
@@ -708,255 +609,191 @@ impl<C> Core<C> {
         }
     }
 
-    /// The one entry point that makes a connection progress: moves bytes for the
-    /// head request of each direction while the fd is ready for it.
+    /// The one entry point that makes a connection progress: for the head
+    /// request of each direction, a step through the driver, as long as one is
+    /// done at once. Requests that are over without moving bytes (made after a
+    /// close, or past their deadline) complete here when no operation holds them.
     #[inline]
-    pub fn progress(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut [u8]) {
-        #[cfg(target_os = "linux")]
-        if self.driver.is_uring() {
-            self.submit_ops(c, slot, swap);
-            return;
-        }
+    pub fn progress(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut Swap) {
         loop {
-            while self.read_once(c, slot, swap) {}
-            let connecting = c.connecting;
-            while self.write_once(c, slot) {}
-            // Reads waited for a connect that just finished: data that arrived
-            // meanwhile raised its edge already, so try them now.
-            if !connecting || c.connecting {
+            while self.read_step(c, slot, swap) {}
+            let connecting = c.life == Life::Connecting;
+            while self.write_step(c, slot) {}
+            // Reads waited for a connect that just finished.
+            if !connecting || c.life == Life::Connecting {
                 break;
+            }
+        }
+        if c.life == Life::Retiring {
+            self.retire(c, slot);
+        }
+    }
+
+    /// One step for the head read request; whether to try again.
+    #[inline(always)]
+    fn read_step(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut Swap) -> bool {
+        let Some(head) = c.head(Direction::Read) else {
+            return false;
+        };
+        if self.driver.lent(&c.io, Direction::Read) > 0 {
+            return false;
+        }
+        if head.is_doomed() || head.is_expired() {
+            return self.end_over(c, slot, Direction::Read);
+        }
+        if !matches!(c.life, Life::Open | Life::Draining | Life::Closing) {
+            return false;
+        }
+        let token = Token {
+            slot,
+            generation: c.generation,
+        };
+        if head.kind() == Kind::Accept {
+            if self
+                .backoff
+                .iter()
+                .any(|b| b.slot == slot && b.at.is_some())
+            {
+                return false; // out of fds: the back-off tries again
+            }
+            let p = c.parts();
+            let Some(fd) = p.fd else { return false };
+            return match self.driver.accept(p.io, fd, token) {
+                Step::Done(res) => self.accepted(c, slot, res),
+                _ => false,
+            };
+        }
+        let p = c.parts();
+        let (Some(fd), Some(head)) = (p.fd, p.reads.head.as_mut()) else {
+            return false;
+        };
+        match self.driver.read(p.io, fd, p.socket, token, head, swap) {
+            Step::Done(res) => {
+                self.read_done(c, slot, res);
+                true
+            }
+            Step::Later => false,
+            Step::NoRoom => {
+                self.wait_for_swap(c, slot);
+                false
             }
         }
     }
 
-    /// One read for the head read request, if there is one and the fd is
-    /// readable. Returns whether to try again (false: nothing to read into, not
-    /// readable, or waiting for swap-buffer room).
+    /// One step for the head of the write queue: a write (coalesced with the
+    /// writes queued behind it), or a connect, shutdown or close waiting there
+    /// behind earlier writes. Returns whether to try again.
     #[inline(always)]
-    fn read_once(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut [u8]) -> bool {
-        if !c.ready.is_ready(Direction::Read) || c.connecting {
-            return false;
-        }
-        let generation = c.generation;
-        let Some(p) = c.parts(Direction::Read) else {
+    fn write_step(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
+        let Some(head) = c.head(Direction::Write) else {
             return false;
         };
-        let req = p.head;
-        if req.is_doomed() {
+        if self.driver.lent(&c.io, Direction::Write) > 0 {
             return false;
         }
-        if req.kind() == Kind::Accept {
-            return self.accept_once(c, slot);
+        if head.is_doomed() || head.is_expired() {
+            return self.end_over(c, slot, Direction::Write);
         }
-        let swap_off = self.swap_used;
-        let (res, want) = match req.read_target() {
-            Some(target) => {
-                let want = target.len();
-                (self.driver.ready().read(p.fd.as_fd(), target), want)
-            }
-            None => {
-                let room = self.swap_len - swap_off;
-                if room < self.swap_min {
-                    if !*p.swap_wait {
-                        *p.swap_wait = true;
-                        self.swap_waiters.push(slot);
-                    }
-                    return false;
-                }
-                (
-                    self.driver
-                        .ready()
-                        .read(p.fd.as_fd(), &mut swap[swap_off..]),
-                    room,
-                )
-            }
+        let token = Token {
+            slot,
+            generation: c.generation,
         };
-        let swap_read = matches!(req.buf, Buf::None);
-        let (size, result) = match res {
-            Ok(n) => {
-                if n > 0 && n < want {
-                    p.ready.short(Direction::Read);
+        let kind = head.kind();
+        let mut p = c.parts();
+        let Some(fd) = p.fd else {
+            return false;
+        };
+        match kind {
+            Kind::Write => match self.driver.write(p.io, fd, p.socket, token, &mut p.writes) {
+                Step::Done(res) => {
+                    self.wrote(c, slot, res);
+                    true
                 }
-                if swap_read {
-                    self.swap_used += n;
-                }
+                _ => false,
+            },
+            Kind::Connect => match self.driver.connect(p.io, fd, token) {
+                Step::Done(res) => self.connected(c, slot, res),
+                _ => false,
+            },
+            Kind::Shutdown => {
+                let res = self.driver.shutdown(fd).map_err(Error::Io);
+                let req = c.queue(Direction::Write).pop().expect("head");
+                self.finish(self.conn(slot, c.generation), req, 0, res, Extra::None);
+                true
+            }
+            _ => {
+                // Close: every write before it is out.
+                let req = c.queue(Direction::Write).pop().expect("head");
+                self.finish(self.conn(slot, c.generation), req, 0, Ok(()), Extra::None);
+                self.close(c, slot);
+                false
+            }
+        }
+    }
+
+    /// A result the driver reported later (an operation came back).
+    fn got(&mut self, c: &mut ConnState<C>, slot: u32, got: Got) {
+        match got {
+            Got::Read(res) => self.read_done(c, slot, res),
+            Got::Wrote(res) => self.wrote(c, slot, res),
+            Got::Accepted(res) => {
+                self.accepted(c, slot, res);
+            }
+            Got::Connected(res) => {
+                self.connected(c, slot, res);
+            }
+            Got::NoRoom => self.wait_for_swap(c, slot),
+        }
+    }
+
+    /// The head read moved `n` bytes (0: EOF), or failed: its own policy says
+    /// whether it is complete.
+    #[inline]
+    fn read_done(&mut self, c: &mut ConnState<C>, slot: u32, res: io::Result<(usize, Landed)>) {
+        let conn = self.conn(slot, c.generation);
+        let mut q = c.queue(Direction::Read);
+        let req = q.head.as_mut().expect("a read result has its request");
+        let (size, result, landed) = match res {
+            Ok((n, landed)) => {
+                // What the read was offered: the rest of its own buffer.
+                let want = req.read_target().map_or(0, |t| t.len());
                 match req.after_read(n, want) {
-                    Step::More => return true,
-                    Step::Complete { size, result } => (size, result),
+                    // Past its deadline meanwhile, or made after a close: it
+                    // keeps what it got and ends now.
+                    ReadStep::More if req.is_expired() => {
+                        (req.done(), Err(Error::Deadline), landed)
+                    }
+                    ReadStep::More if req.is_doomed() => {
+                        (req.done(), Err(Error::ConnClosed), landed)
+                    }
+                    ReadStep::More => return,
+                    ReadStep::Complete { size, result } => (size, result, landed),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                p.ready.clear(Direction::Read);
-                return false;
-            }
-            Err(e) => (req.done(), Err(Error::Io(e))),
+            Err(e) => (req.done(), Err(Error::Io(e)), Landed::Own),
         };
-        let req = c.queue(Direction::Read).pop().expect("read head present");
-        let conn = self.conn(slot, generation);
-        let extra = if swap_read {
-            Extra::Swap(swap_off)
+        let req = q.pop().expect("head");
+        let extra = if matches!(req.buf, Buf::None) {
+            Extra::Landed(landed)
         } else {
             Extra::None
         };
         self.finish(conn, req, size, result, extra);
-        true
     }
 
-    /// One `accept` for the head accept request of a listener.
-    #[cold]
-    fn accept_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
-        let Some(fd) = c.fd.as_ref() else {
-            return false;
-        };
-        self.driver.count_syscall();
-        match gaio_sys::accept(fd.as_fd()) {
-            Ok((fd, peer)) => {
-                self.accepted_one(c, slot, fd, peer);
-                true
-            }
-            Err(e) => match AcceptError::of(&e) {
-                AcceptError::WouldBlock => {
-                    c.ready.clear(Direction::Read);
-                    false
-                }
-                AcceptError::Fatal => {
-                    let listener = self.conn(slot, c.generation);
-                    let req = c.queue(Direction::Read).pop().expect("accept head present");
-                    self.finish(listener, req, 0, Err(Error::Io(e)), Extra::None);
-                    true
-                }
-                _ => self.accept_failed(c, slot, e),
-            },
-        }
-    }
-
-    /// A listener accepted `fd`: the head accept request completes with it, as
-    /// a new connection (installed before the batch is handed out). `peer`:
-    /// asked for when `None`.
-    #[cold]
-    fn accepted_one(
-        &mut self,
-        c: &mut ConnState<C>,
-        slot: u32,
-        fd: OwnedFd,
-        peer: Option<SocketAddr>,
-    ) {
-        let listener = self.conn(slot, c.generation);
-        self.backoff.retain(|b| b.slot != slot);
-        let (result, extra) = match self.shared.slots.alloc() {
-            Some(conn) => {
-                let peer = peer.or_else(|| {
-                    self.driver.count_syscall();
-                    gaio_sys::peer_addr(fd.as_fd())
-                });
-                self.shared.counts.opened();
-                self.accepted.push((conn, fd));
-                (Ok(()), Extra::Accepted(conn, peer))
-            }
-            None => (
-                Err(Error::Io(io::Error::other("too many connections"))),
-                Extra::None,
-            ),
-        };
-        let req = c.queue(Direction::Read).pop().expect("accept head present");
-        self.finish(listener, req, 0, result, extra);
-    }
-
-    /// An accept failed with a transient error (try again: true) or for want
-    /// of fds: pause, doubling, then try again (no event will come).
-    #[cold]
-    fn accept_failed(&mut self, c: &mut ConnState<C>, slot: u32, e: io::Error) -> bool {
-        if AcceptError::of(&e) != AcceptError::Exhausted {
-            return true;
-        }
-        c.ready.clear(Direction::Read);
-        let now = self.now();
-        let generation = c.generation;
-        match self.backoff.iter_mut().find(|b| b.slot == slot) {
-            Some(b) => {
-                b.step = (b.step * 2).min(BACKOFF_MAX);
-                b.at = Some(now + b.step);
-            }
-            None => {
-                tracing::warn!(slot, error = %e, "gaio: accept failed, backing off");
-                self.backoff.push(Backoff {
-                    slot,
-                    generation,
-                    at: Some(now + BACKOFF_MIN),
-                    step: BACKOFF_MIN,
-                });
-            }
-        }
-        false
-    }
-
-    /// One step for the head of the write queue, if there is one and the fd is
-    /// writable: a write (coalesced with the writes queued behind it into one
-    /// `writev`, up to `IOV_MAX`), or a connect, shutdown or close waiting there
-    /// behind earlier writes. Returns whether to try again.
-    #[inline(always)]
-    fn write_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
-        if !c.ready.is_ready(Direction::Write) {
-            return false;
-        }
-        let (Some(fd), Some(head)) = (c.fd.as_ref(), c.head(Direction::Write)) else {
-            return false;
-        };
-        if head.is_doomed() {
-            return false;
-        }
-        if head.kind() != Kind::Write {
-            return self.control_once(c, slot);
-        }
-        let first = IoSlice::new(head.unsent());
-        let coalesce = |r: &Req<C>| r.kind() == Kind::Write && !r.is_doomed();
-        let res = match c.queued_writes().filter(|q| coalesce(&q[0])) {
-            // The common case, one write: no iovec array to fill.
-            None => self
-                .driver
-                .ready()
-                .write(fd.as_fd(), c.socket, std::slice::from_ref(&first))
-                .map(|n| (n, first.len())),
-            Some(queued) => {
-                let mut iov = [IoSlice::new(&[]); IOV_MAX];
-                iov[0] = first;
-                let mut want = first.len();
-                let mut n = 1;
-                for r in queued.iter().take_while(|r| coalesce(r)).take(IOV_MAX - 1) {
-                    iov[n] = IoSlice::new(r.unsent());
-                    want += iov[n].len();
-                    n += 1;
-                }
-                self.driver
-                    .ready()
-                    .write(fd.as_fd(), c.socket, &iov[..n])
-                    .map(|n| (n, want))
-            }
-        };
-        let conn = self.conn(slot, c.generation);
-        match res {
-            Ok((written, want)) => {
-                if written < want {
-                    c.ready.short(Direction::Write);
-                }
-                self.wrote(c, conn, written);
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                c.ready.clear(Direction::Write);
-                false
-            }
-            Err(e) => {
-                self.write_failed(c, conn, e);
-                true
-            }
-        }
-    }
-
-    /// `written` bytes of the queued writes went out, in order: the requests
-    /// they finish complete.
+    /// `res` bytes of the writes at the front went out, in order (or the head
+    /// failed): the requests they finish complete.
     #[inline]
-    fn wrote(&mut self, c: &mut ConnState<C>, conn: Conn, mut written: usize) {
+    fn wrote(&mut self, c: &mut ConnState<C>, slot: u32, res: io::Result<usize>) {
+        let conn = self.conn(slot, c.generation);
+        let mut written = match res {
+            Ok(n) => n,
+            Err(e) => {
+                let req = c.queue(Direction::Write).pop().expect("write head present");
+                self.end(c, slot, req, Err(Error::Io(e)));
+                return;
+            }
+        };
         c.queued -= written;
         self.stats.queued_write_bytes -= written;
         let mut q = c.queue(Direction::Write);
@@ -975,111 +812,200 @@ impl<C> Core<C> {
         }
     }
 
-    /// The head write failed: it completes with the error; its unsent bytes
-    /// leave the queue.
+    /// A nonblocking connect finished; whether to go on.
     #[cold]
-    fn write_failed(&mut self, c: &mut ConnState<C>, conn: Conn, e: io::Error) {
-        let req = c.queue(Direction::Write).pop().expect("write head present");
-        let unsent = req.unsent().len();
-        c.queued -= unsent;
-        self.stats.queued_write_bytes -= unsent;
-        let size = req.done();
-        self.finish(conn, req, size, Err(Error::Io(e)), Extra::None);
-    }
-
-    /// A connect, shutdown or close at the head of the write queue: every write
-    /// before it is out.
-    #[cold]
-    fn control_once(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
-        let (Some(fd), Some(kind)) = (c.fd.as_ref(), c.head(Direction::Write).map(Req::kind))
-        else {
-            return false;
-        };
-        let conn = self.conn(slot, c.generation);
-        self.driver.count_syscall();
-        let result = match kind {
-            Kind::Connect => match gaio_sys::take_error(fd.as_fd()) {
-                Ok(None) => {
-                    c.connecting = false;
-                    Ok(())
-                }
-                Ok(Some(e)) | Err(e) => Err(Error::Io(e)),
-            },
-            Kind::Shutdown => gaio_sys::shutdown_write(fd.as_fd()).map_err(Error::Io),
-            _ => Ok(()), // Close
-        };
-        let failed = result.is_err();
-        let req = c
-            .queue(Direction::Write)
-            .pop()
-            .expect("control head present");
-        self.finish(conn, req, 0, result, Extra::None);
-        if kind == Kind::Close || (kind == Kind::Connect && failed) {
-            // Closed as asked, or never connected: nothing else can succeed.
+    fn connected(&mut self, c: &mut ConnState<C>, slot: u32, res: io::Result<()>) -> bool {
+        let failed = res.is_err();
+        let req = c.queue(Direction::Write).pop().expect("connect head");
+        self.finish(
+            self.conn(slot, c.generation),
+            req,
+            0,
+            res.map_err(Error::Io),
+            Extra::None,
+        );
+        if failed {
+            // Never connected: nothing else can succeed.
             self.close(c, slot);
             return false;
         }
-        if kind == Kind::Connect {
-            // Reads waited for the connect; the socket may be readable already.
-            c.ready.add(true, false, false);
+        if c.life == Life::Connecting {
+            c.life = Life::Open;
         }
         true
     }
 
-    /// Closes the connection in `c` now: its fd, then every pending request with
-    /// `ConnClosed`; the slot goes back to the allocator under its next generation.
-    fn close(&mut self, c: &mut ConnState<C>, slot: u32) {
-        if let Some(fd) = self.take(c, slot) {
-            drop(fd);
-            self.driver.count_syscall(); // the close
+    /// An accept step's result for the head accept request; whether to try
+    /// again.
+    #[cold]
+    fn accepted(
+        &mut self,
+        c: &mut ConnState<C>,
+        slot: u32,
+        res: io::Result<(OwnedFd, Option<SocketAddr>)>,
+    ) -> bool {
+        let listener = self.conn(slot, c.generation);
+        let (result, extra) = match res {
+            Ok((fd, peer)) => {
+                self.backoff.retain(|b| b.slot != slot);
+                match self.shared.slots.alloc() {
+                    Some(conn) => {
+                        self.shared.counts.opened();
+                        self.accepted.push((conn, fd));
+                        (Ok(()), Extra::Accepted(conn, peer))
+                    }
+                    None => (
+                        Err(Error::Io(io::Error::other("too many connections"))),
+                        Extra::None,
+                    ),
+                }
+            }
+            Err(e) => match AcceptError::of(&e) {
+                AcceptError::Fatal => (Err(Error::Io(e)), Extra::None),
+                AcceptError::Exhausted => {
+                    self.back_off(c, slot, e);
+                    return false;
+                }
+                // A connection that went away before it was taken: the next.
+                _ => return true,
+            },
+        };
+        let req = c.queue(Direction::Read).pop().expect("accept head present");
+        self.finish(listener, req, 0, result, extra);
+        true
+    }
+
+    /// Out of fds: pause the listener, doubling, then try again (no event will
+    /// come for the connections already queued).
+    #[cold]
+    fn back_off(&mut self, c: &mut ConnState<C>, slot: u32, e: io::Error) {
+        let now = self.now();
+        let generation = c.generation;
+        match self.backoff.iter_mut().find(|b| b.slot == slot) {
+            Some(b) => {
+                b.step = (b.step * 2).min(BACKOFF_MAX);
+                b.at = Some(now + b.step);
+            }
+            None => {
+                tracing::warn!(slot, error = %e, "gaio: accept failed, backing off");
+                self.backoff.push(Backoff {
+                    slot,
+                    generation,
+                    at: Some(now + BACKOFF_MIN),
+                    step: BACKOFF_MIN,
+                });
+            }
         }
     }
 
-    /// Takes the connection in `c` out of the watcher: off the poller, every
-    /// pending request completed with `ConnClosed`, the slot back to the allocator
-    /// under its next generation. Returns its fd (`None` if already gone).
-    fn take(&mut self, c: &mut ConnState<C>, slot: u32) -> Option<OwnedFd> {
-        let fd = c.fd.take()?;
+    /// A swap-buffer read waits for the next batch's swap space.
+    fn wait_for_swap(&mut self, c: &mut ConnState<C>, slot: u32) {
+        if !c.swap_wait {
+            c.swap_wait = true;
+            self.swap_waiters.push(slot);
+        }
+    }
+
+    /// Completes `req` (out of its queue) with `result` and the bytes it moved;
+    /// a write's unsent bytes leave the connection's count.
+    fn end(&mut self, c: &mut ConnState<C>, slot: u32, req: Req<C>, result: Result<()>) {
+        if req.kind() == Kind::Write {
+            let unsent = req.unsent().len();
+            c.queued -= unsent;
+            self.stats.queued_write_bytes -= unsent;
+        }
+        let done = req.done();
+        self.finish(
+            self.conn(slot, c.generation),
+            req,
+            done,
+            result,
+            Extra::None,
+        );
+    }
+
+    /// Closes the connection in `c` for the application: its `Conn` goes stale,
+    /// every pending request completes with `ConnClosed` — those an operation
+    /// holds once it comes back (cancelled here, without waiting) — and the fd
+    /// closes and the slot goes back to the allocator once nothing is held.
+    fn close(&mut self, c: &mut ConnState<C>, slot: u32) {
+        if !c.life.is_live() {
+            return;
+        }
         let conn = self.conn(slot, c.generation);
-        #[cfg(target_os = "linux")]
-        if self.driver.is_uring() {
-            use std::os::fd::AsRawFd;
-            // Operations in flight hold buffers of the requests ended below.
-            self.settle(c, slot, u8::MAX, Some(fd.as_raw_fd()));
-            if c.early {
-                c.early = false;
-                self.early.retain(|(s, _)| *s != slot); // accepted fds close with it
-            }
-        }
-        self.driver.deregister(fd.as_fd());
-        let mut pending = [0; 2];
-        for (i, dir) in [Direction::Read, Direction::Write].into_iter().enumerate() {
-            while let Some(req) = c.queue(dir).pop() {
-                pending[i] += 1;
-                let done = req.done();
-                self.finish(conn, req, done, Err(Error::ConnClosed), Extra::None);
-            }
-        }
-        self.stats.queued_write_bytes -= c.queued;
-        c.retire(self.shared.slots.release(conn));
+        let token = Token::of(conn);
+        self.driver.cancel(&mut c.io, token, Direction::Read);
+        self.driver.cancel(&mut c.io, token, Direction::Write);
+        let p = c.parts();
+        let (mut reads, mut writes) = (p.reads, p.writes);
+        let pending = reads
+            .iter_mut()
+            .chain(writes.iter_mut())
+            .map(Req::doom)
+            .count();
+        c.life = Life::Retiring;
         self.stats.conns -= 1;
         self.stats.freed += 1;
         self.shared.counts.closed(1);
-        tracing::debug!(
-            slot,
-            generation = conn.generation,
-            pending_reads = pending[0],
-            pending_writes = pending[1],
-            "gaio free"
-        );
-        Some(fd)
+        tracing::debug!(slot, generation = conn.generation, pending, "gaio free");
+        self.drain(c, slot);
     }
 
-    /// The batch was handed out with the swap bytes it references. The next read
-    /// can only happen once that batch is gone (it borrows the watcher), so the
-    /// whole buffer is free again from then on.
-    pub fn swap_handed_out(&mut self) {
-        self.swap_used = 0;
+    /// Completes the requests at the front of each queue that are over
+    /// (closed, or past their deadline) and that no operation holds; retires a
+    /// closed connection once nothing is left.
+    fn drain(&mut self, c: &mut ConnState<C>, slot: u32) {
+        for dir in [Direction::Read, Direction::Write] {
+            while self.end_over(c, slot, dir) {}
+        }
+        if c.life == Life::Retiring {
+            self.retire(c, slot);
+        }
+    }
+
+    /// Completes the head of `dir` if it is over — made after a close
+    /// (`ConnClosed`) or past its deadline (`Deadline`) — and no operation
+    /// holds it; whether it did. A connect or close past its deadline closes
+    /// the connection.
+    fn end_over(&mut self, c: &mut ConnState<C>, slot: u32, dir: Direction) -> bool {
+        let Some(head) = c.head(dir).filter(|r| r.is_doomed() || r.is_expired()) else {
+            return false;
+        };
+        if self.driver.lent(&c.io, dir) > 0 {
+            return false;
+        }
+        let expired = !head.is_doomed();
+        let kind = head.kind();
+        let req = c.queue(dir).pop().expect("head");
+        let result = if expired {
+            Error::Deadline
+        } else {
+            Error::ConnClosed
+        };
+        self.end(c, slot, req, Err(result));
+        if expired && matches!(kind, Kind::Connect | Kind::Close) {
+            // A connect that never finished, or a close whose writes never
+            // drained: the connection goes now.
+            self.close(c, slot);
+            return false;
+        }
+        true
+    }
+
+    /// A retiring connection whose requests are all complete and that the
+    /// driver holds nothing of: its fd closes, its slot goes back.
+    fn retire(&mut self, c: &mut ConnState<C>, slot: u32) {
+        if c.head(Direction::Read).is_some()
+            || c.head(Direction::Write).is_some()
+            || !c.io.is_idle()
+        {
+            return;
+        }
+        if let Some(fd) = c.fd.take() {
+            self.driver.close(fd);
+        }
+        debug_assert_eq!(c.queued, 0);
+        c.retire(self.shared.slots.release(self.conn(slot, c.generation)));
     }
 
     /// Records a completion. Every accepted request passes through here exactly once.
@@ -1101,23 +1027,23 @@ impl<C> Core<C> {
         let kind = req.kind();
         self.pending(kind.direction(), -1);
         self.stats.completions += 1;
+        let ok = result.is_ok();
         let buf = match (req.buf, extra) {
             (Buf::Owned(v), _) => DoneBuf::Owned(v),
             (Buf::Shared(b), _) => DoneBuf::Shared(b),
-            (Buf::None, Extra::Swap(off)) => DoneBuf::Swap {
-                off,
-                len: if result.is_ok() { size } else { 0 },
-            },
-            (Buf::None, Extra::Ring(off)) => DoneBuf::Ring {
-                off,
-                len: if result.is_ok() { size } else { 0 },
+            (Buf::None, Extra::Landed(at)) => DoneBuf::Swap {
+                at,
+                len: if ok { size } else { 0 },
             },
             (Buf::None, Extra::Accepted(conn, peer)) => DoneBuf::Accepted {
                 conn,
                 peer: peer.map(Box::new),
             },
-            (Buf::None, Extra::None) if kind == Kind::Read => DoneBuf::Swap { off: 0, len: 0 },
-            (Buf::None, Extra::None) => DoneBuf::None,
+            (Buf::None, Extra::None) if kind == Kind::Read => DoneBuf::Swap {
+                at: Landed::Own,
+                len: 0,
+            },
+            (_, _) => DoneBuf::None,
         };
         let op = match kind {
             Kind::Read | Kind::ReadFull => Op::Read,
@@ -1141,15 +1067,6 @@ impl<C> Core<C> {
     pub fn trim_idle(&mut self, trim: &mut Trims) {
         trim.dirty.at_park(&mut self.dirty);
         trim.done.at_park(&mut self.done);
-        trim.ready.at_park(&mut self.ready);
-        if self.cqes.is_empty() && self.cqes.capacity() > 256 {
-            self.cqes = Cqes::new();
-        }
-        // A burst of accepts that outran the accept requests set many aside.
-        #[cfg(target_os = "linux")]
-        if self.early.len() < 16 && self.early.capacity() > 256 {
-            self.early.shrink_to(64);
-        }
     }
 }
 
@@ -1164,7 +1081,6 @@ fn trace_failure(conn: Conn, size: usize, e: &Error) {
 pub(crate) struct Trims {
     pub dirty: Trim,
     pub done: Trim,
-    pub ready: Trim,
 }
 
 /// Gives back the memory of a burst: a batch vector keeps its capacity (so the

@@ -3,72 +3,57 @@
 //! the middle of a batch) and memory grows by one chunk at a time.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::Conn;
-use crate::req::{Direction, Req};
+use crate::driver::IoState;
+use crate::req::{Direction, Kind, Req};
 
 const CHUNK: usize = 256;
 
-/// Readiness cached from edge-triggered events, cleared when an attempt finds the
-/// fd not ready. `hup` is sticky: the peer hung up (or reset) and no later edge
-/// will say so again, so reads go on until they see EOF or the error.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Readiness {
-    readable: bool,
-    writable: bool,
-    hup: bool,
+/// A connection's life. Transitions, all in [`Engine`](super::Engine):
+///
+/// ```text
+/// Vacant ─install─▶ Open ─close request─▶ Draining ─┐
+///    │                │  ─free─▶ Closing ──next turn─┤
+///    └install(connect)▶ Connecting ─connected─▶ Open  │
+///                                                    ▼
+///           Vacant ◀─driver holds nothing─ Retiring ◀─┘ (closed for the application)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Life {
+    /// No connection (or one registered through a `Submitter` and not taken
+    /// over yet).
+    #[default]
+    Vacant,
+    /// A nonblocking connect has not finished: reads wait (a read would consume
+    /// the connect's error).
+    Connecting,
+    Open,
+    /// A graceful close is queued behind the writes: reads are over, requests
+    /// made now complete with `ConnClosed`.
+    Draining,
+    /// Freed: closes at the next turn, once the requests queued before the
+    /// `free` had their chance; requests made now complete with `ConnClosed`.
+    Closing,
+    /// Closed for the application (its `Conn` is stale); the driver still
+    /// holds requests of it, which complete as their operations come back. The
+    /// slot goes back to the allocator once nothing is held.
+    Retiring,
 }
 
-impl Readiness {
-    /// What a fresh fd is assumed to be: an edge may have fired before it was
-    /// registered, so the first attempt finds out.
-    pub const ASSUMED: Readiness = Readiness {
-        readable: true,
-        writable: true,
-        hup: false,
-    };
-
-    pub fn is_ready(self, dir: Direction) -> bool {
-        match dir {
-            Direction::Read => self.readable,
-            Direction::Write => self.writable,
-        }
+impl Life {
+    /// Whether the connection takes requests (made on a live `Conn`): the one
+    /// check of liveness.
+    #[inline]
+    pub fn is_live(self) -> bool {
+        !matches!(self, Life::Vacant | Life::Retiring)
     }
 
-    /// An attempt in `dir` found the fd not ready (`WouldBlock`).
-    pub fn clear(&mut self, dir: Direction) {
-        match dir {
-            Direction::Read => self.readable = false,
-            Direction::Write => self.writable = false,
-        }
-    }
-
-    /// A transfer in `dir` came up short. On Linux that proves the buffer was
-    /// drained or filled at that instant, so the next data (or space) is a new
-    /// edge: readiness is cleared without paying a syscall for `EAGAIN` (tokio
-    /// does the same). A hung-up fd stays readable: EOF is still to be read.
-    /// Other systems keep going until `WouldBlock`.
-    pub fn short(&mut self, dir: Direction) {
-        if cfg!(any(target_os = "linux", target_os = "android"))
-            && !(dir == Direction::Read && self.hup)
-        {
-            self.clear(dir);
-        }
-    }
-
-    /// Merges an event; returns what became ready.
-    pub fn add(&mut self, readable: bool, writable: bool, hup: bool) -> Readiness {
-        // A hang-up or error is both: reads see EOF or the error, writes the error.
-        let new = Readiness {
-            readable: readable || hup,
-            writable: writable || hup,
-            hup,
-        };
-        self.readable |= new.readable;
-        self.writable |= new.writable;
-        self.hup |= new.hup;
-        new
+    /// Live, but new requests complete with `ConnClosed`.
+    #[inline]
+    pub fn is_ending(self) -> bool {
+        matches!(self, Life::Draining | Life::Closing)
     }
 }
 
@@ -95,8 +80,25 @@ impl<C> Queue<'_, C> {
         std::mem::replace(self.head, next)
     }
 
+    /// The writes queued behind the head that can go out with it in one
+    /// system call; `None` when there are none, the common case.
+    #[inline]
+    pub fn queued_writes(&self) -> Option<impl Iterator<Item = &Req<C>>> {
+        let rest = self.rest.as_ref().filter(|q| !q.is_empty())?;
+        Some(
+            rest.iter()
+                .take_while(|r| r.kind() == Kind::Write && !r.is_doomed() && !r.is_expired()),
+        )
+    }
+
+    /// Every request, in order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Req<C>> {
+        self.head
+            .iter_mut()
+            .chain(self.rest.iter_mut().flat_map(|r| r.iter_mut()))
+    }
+
     /// The request armed with timer `id`, and its place in line.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub fn find_by_timer(&mut self, id: u32) -> Option<(usize, &mut Req<C>)> {
         if let Some(r) = self.head.as_mut().filter(|r| r.timer() == id) {
             return Some((0, r));
@@ -118,47 +120,33 @@ impl<C> Queue<'_, C> {
     }
 }
 
-/// What moving bytes for one direction's head request touches, borrowed apart.
+/// A connection's state as a driver step borrows it, apart.
 #[derive(Debug)]
 pub(crate) struct Parts<'a, C> {
-    pub fd: &'a OwnedFd,
-    pub head: &'a mut Req<C>,
-    pub ready: &'a mut Readiness,
-    pub swap_wait: &'a mut bool,
+    pub fd: Option<BorrowedFd<'a>>,
+    pub io: &'a mut IoState,
+    pub socket: bool,
+    pub reads: Queue<'a, C>,
+    pub writes: Queue<'a, C>,
 }
 
 /// Everything the watcher knows about one slot.
 #[derive(Debug)]
 pub(crate) struct ConnState<C> {
-    /// `None`: the slot is vacant (or registered through a `Submitter` and not yet
-    /// taken over).
+    /// `Some` from install until the connection closes (or is detached).
     pub fd: Option<OwnedFd>,
     pub generation: u32,
-    pub ready: Readiness,
+    pub life: Life,
+    /// What the driver keeps for it (readiness, operations in flight).
+    pub io: IoState,
     /// A socket is written with `send` (no SIGPIPE), anything else with `write`.
     pub socket: bool,
     /// On the list of connections waiting for swap-buffer space.
     pub swap_wait: bool,
     /// Has requests (or a `free`) from this turn that have not been tried yet.
     pub dirty: bool,
-    /// Freed: closes at the next turn, once the requests queued before the `free`
-    /// had their chance; requests made after it complete with `ConnClosed`.
-    pub closing: bool,
-    /// A graceful close is queued behind the writes: requests made after it
-    /// complete with `ConnClosed`.
-    pub draining: bool,
-    /// A nonblocking connect has not finished: reads wait (a read would consume
-    /// the connect's error).
-    pub connecting: bool,
     /// Bytes of the queued writes not sent yet (what the write limit bounds).
     pub queued: usize,
-    /// io_uring: the operations in flight (`driver::uring::op` bits) and how
-    /// many queued writes the write in flight covers.
-    pub ops: u8,
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub wr_n: u8,
-    /// io_uring: results wait in the engine for the next read or accept.
-    pub early: bool,
     read: Option<Req<C>>,
     write: Option<Req<C>>,
     spill: Option<Box<Spill<C>>>,
@@ -169,17 +157,12 @@ impl<C> ConnState<C> {
         ConnState {
             fd: None,
             generation: 0,
-            ready: Readiness::default(),
+            life: Life::Vacant,
+            io: IoState::default(),
             socket: false,
             swap_wait: false,
             dirty: false,
-            closing: false,
-            draining: false,
-            connecting: false,
             queued: 0,
-            ops: 0,
-            wr_n: 0,
-            early: false,
             read: None,
             write: None,
             spill: None,
@@ -189,16 +172,16 @@ impl<C> ConnState<C> {
     /// Takes `fd` over. A socket still connecting is not assumed ready: its
     /// connect reports through the first edge.
     pub fn install(&mut self, fd: OwnedFd, generation: u32, socket: bool, connecting: bool) {
-        debug_assert!(self.fd.is_none() && self.read.is_none() && self.write.is_none());
+        debug_assert!(self.life == Life::Vacant && self.read.is_none() && self.write.is_none());
         self.fd = Some(fd);
         self.generation = generation;
-        self.ready = if connecting {
-            Readiness::default()
+        self.io = IoState::new(connecting);
+        self.life = if connecting {
+            Life::Connecting
         } else {
-            Readiness::ASSUMED
+            Life::Open
         };
         self.socket = socket;
-        self.connecting = connecting;
     }
 
     /// The connection's queue in `dir`.
@@ -210,19 +193,26 @@ impl<C> ConnState<C> {
         Queue { head, rest }
     }
 
-    /// The fd, the head request of `dir` and the state a transfer updates; `None`
-    /// when there is no fd or no request.
-    pub fn parts(&mut self, dir: Direction) -> Option<Parts<'_, C>> {
-        let head = match dir {
-            Direction::Read => self.read.as_mut(),
-            Direction::Write => self.write.as_mut(),
-        }?;
-        Some(Parts {
-            fd: self.fd.as_ref()?,
-            head,
-            ready: &mut self.ready,
-            swap_wait: &mut self.swap_wait,
-        })
+    /// What a driver step touches, borrowed apart: the fd, the driver's state
+    /// and both queues.
+    pub fn parts(&mut self) -> Parts<'_, C> {
+        let (reads, writes) = match self.spill.as_mut() {
+            Some(s) => (Some(&mut s.reads), Some(&mut s.writes)),
+            None => (None, None),
+        };
+        Parts {
+            fd: self.fd.as_ref().map(|f| f.as_fd()),
+            io: &mut self.io,
+            socket: self.socket,
+            reads: Queue {
+                head: &mut self.read,
+                rest: reads,
+            },
+            writes: Queue {
+                head: &mut self.write,
+                rest: writes,
+            },
+        }
     }
 
     pub fn head(&self, dir: Direction) -> Option<&Req<C>> {
@@ -255,27 +245,15 @@ impl<C> ConnState<C> {
         }
     }
 
-    /// Back to vacant under the next generation; the queues must be empty.
+    /// Back to vacant under the next generation; the queues must be empty and
+    /// the driver hold nothing of it.
     pub fn retire(&mut self, next_generation: u32) {
         debug_assert!(self.read.is_none() && self.write.is_none());
-        debug_assert!(
-            self.ops == 0 && !self.early,
-            "retired with io_uring work left"
-        );
+        debug_assert!(self.io.is_idle(), "retired with driver work left");
         *self = ConnState {
             generation: next_generation,
             ..ConnState::vacant()
         };
-    }
-
-    /// The writes queued behind the head (for coalescing into one `writev`);
-    /// `None` when there are none, the common case, which costs one check.
-    #[inline]
-    pub fn queued_writes(&self) -> Option<&VecDeque<Req<C>>> {
-        self.spill
-            .as_ref()
-            .map(|s| &s.writes)
-            .filter(|q| !q.is_empty())
     }
 }
 
@@ -300,7 +278,7 @@ impl<C> Table<C> {
     #[inline]
     pub fn live_mut(&mut self, slot: u32, generation: u32) -> Option<&mut ConnState<C>> {
         self.get_mut(slot)
-            .filter(|c| c.generation == generation && c.fd.is_some())
+            .filter(|c| c.generation == generation && c.life.is_live())
     }
 
     /// The slot, growing the table to hold it.
@@ -319,7 +297,7 @@ impl<C> Table<C> {
             .iter()
             .flat_map(|c| c.iter())
             .enumerate()
-            .filter(|(_, c)| c.fd.is_some())
+            .filter(|(_, c)| c.life.is_live())
             .map(move |(i, c)| Conn {
                 slot: i as u32,
                 generation: c.generation,
