@@ -87,7 +87,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
-use gaio_core::{Completion, Conn, ConnCounts, Error, Local, Result, Submitter, Watcher, WriteBuf};
+use gaio_core::{
+    Completion, Conn, ConnCounts, Error, Local, Requests, Result, Submitter, Watcher, WriteBuf,
+};
 
 pub use balancer::{Balancer, BalancerKind, LeastConnections, Loads, RoundRobin, SourceHash};
 
