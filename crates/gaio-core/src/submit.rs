@@ -4,7 +4,7 @@
 //! requests, the [`Requests`] trait's methods; each supplies only its path
 //! (`submit`, `connect_fd`, `free`), and with it the rules that differ.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,13 +83,7 @@ impl<C> Requests<C> for Local<'_, C> {
     #[inline]
     fn submit(&self, conn: Conn, req: Request<C>) -> Result<()> {
         req.check()?;
-        let mut eng = self.eng.borrow_mut();
-        if eng.closed {
-            return Err(Error::WatcherClosed);
-        }
-        if conn.watcher != eng.shared.id {
-            return Err(Error::ForeignConn);
-        }
+        let mut eng = self.engine_for(conn)?;
         let remote = eng.remote_pending();
         if remote || req.kind() == Kind::Close {
             // Either may wait for the kernel (io_uring): only on its thread.
@@ -104,10 +98,7 @@ impl<C> Requests<C> for Local<'_, C> {
     }
 
     fn connect_fd(&self, fd: OwnedFd, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
-        let mut eng = self.eng.borrow_mut();
-        if eng.closed {
-            return Err(Error::WatcherClosed);
-        }
+        let mut eng = self.engine()?;
         let (conn, fd, kind) = eng.shared.open(fd)?;
         eng.install(conn, fd, kind, true)?;
         let (req, deadline) = Request::new(Kind::Connect, ctx, Buf::None, deadline).into_req();
@@ -116,13 +107,7 @@ impl<C> Requests<C> for Local<'_, C> {
     }
 
     fn free(&self, conn: Conn) -> Result<()> {
-        let mut eng = self.eng.borrow_mut();
-        if eng.closed {
-            return Err(Error::WatcherClosed);
-        }
-        if conn.watcher != eng.shared.id {
-            return Err(Error::ForeignConn);
-        }
+        let mut eng = self.engine_for(conn)?;
         if eng.remote_pending() {
             eng.driver.check_thread()?;
             eng.run_remote();
@@ -132,7 +117,28 @@ impl<C> Requests<C> for Local<'_, C> {
     }
 }
 
-impl<C> Local<'_, C> {
+impl<'w, C> Local<'w, C> {
+    /// The engine, unless the watcher is closed.
+    #[inline]
+    fn engine(&self) -> Result<RefMut<'w, Engine<C>>> {
+        let eng = self.eng.borrow_mut();
+        if eng.closed {
+            return Err(Error::WatcherClosed);
+        }
+        Ok(eng)
+    }
+
+    /// The engine, for something on `conn`: refused for a closed watcher or a
+    /// `Conn` of another watcher.
+    #[inline]
+    fn engine_for(&self, conn: Conn) -> Result<RefMut<'w, Engine<C>>> {
+        let eng = self.engine()?;
+        if conn.watcher != eng.shared.id {
+            return Err(Error::ForeignConn);
+        }
+        Ok(eng)
+    }
+
     /// Takes `conn` out of the watcher and hands its socket back, open and
     /// nonblocking, as `mio`'s `deregister` or tokio's `into_std` do: to pass a
     /// connection to another watcher, thread or library. Requests still pending
@@ -161,13 +167,7 @@ impl<C> Local<'_, C> {
     /// [`Error::WatcherClosed`]; `Error::Io` (`WouldBlock`) on io_uring for
     /// bytes waiting for a read, or (`Other`) off the thread driving it.
     pub fn detach(&self, conn: Conn) -> Result<OwnedFd> {
-        let mut eng = self.eng.borrow_mut();
-        if eng.closed {
-            return Err(Error::WatcherClosed);
-        }
-        if conn.watcher != eng.shared.id {
-            return Err(Error::ForeignConn);
-        }
+        let mut eng = self.engine_for(conn)?;
         if eng.remote_pending() {
             // A registration other threads made first goes first.
             eng.run_remote();
@@ -190,10 +190,7 @@ impl<C> Local<'_, C> {
     /// # Errors
     /// As [`Watcher::register`](crate::Watcher::register).
     pub fn register(&self, fd: impl Into<OwnedFd>) -> Result<Conn> {
-        let mut eng = self.eng.borrow_mut();
-        if eng.closed {
-            return Err(Error::WatcherClosed);
-        }
+        let mut eng = self.engine()?;
         let (conn, fd, kind) = eng.shared.open(fd.into())?;
         eng.install(conn, fd, kind, false)?;
         Ok(conn)
