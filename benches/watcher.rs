@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use gaio::{Conn, Submitter, Watcher};
+use gaio::{Conn, Requests, Submitter, Watcher};
 
 fn tcp_pair() -> (TcpStream, TcpStream) {
     let (c, s) = gaio_testkit::tcp_pair();

@@ -27,7 +27,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gaio::core::{Conn, Error, Op};
+use gaio::core::{Conn, Error, Op, Requests};
 use gaio::pool::{Event, Io, Pool};
 
 const USAGE: &str = "\

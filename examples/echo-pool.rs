@@ -15,7 +15,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use gaio::core::{Buffer, Op};
+use gaio::core::{Buffer, Op, Requests};
 use gaio::pool::{BalancerKind, Event, Io, Pool};
 
 const USAGE: &str = "\

@@ -19,7 +19,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gaio::{Buffer, Conn, Error, Op, Watcher};
+use gaio::{Buffer, Conn, Error, Op, Requests, Watcher};
 
 const USAGE: &str = "\
 usage: echo [--listen ADDR] [--busy-poll MICROS] [--cpu CORE] [--swap BYTES] [--owned BYTES] [--backend auto|epoll|uring]

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use gaio::{Buffer, Conn, Local, Watcher};
+use gaio::{Buffer, Conn, Local, Requests, Watcher};
 
 const USAGE: &str = "\
 usage: proxy --listen ADDR --upstream ADDR [--connect-timeout SECS] [--backend auto|epoll|uring]

@@ -16,7 +16,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gaio::{Buffer, Conn, Error, Op, Watcher};
+use gaio::{Buffer, Conn, Error, Op, Requests, Watcher};
 
 const USAGE: &str = "\
 usage: push --listen ADDR [--interval SECS] [--limit BYTES] [--sndbuf BYTES] [--backend auto|epoll|uring]

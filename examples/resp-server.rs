@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use gaio::core::{Buffer, Conn, Op};
+use gaio::core::{Buffer, Conn, Op, Requests};
 use gaio::pool::{Event, Io, Pool};
 
 const USAGE: &str = "\

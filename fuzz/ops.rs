@@ -16,7 +16,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Conn, Error, Op, Watcher};
+use gaio_core::{Conn, Error, Op, Requests, Watcher};
 
 /// The far end of a connection: a Unix socket pair, or TCP for connections the
 /// watcher accepted or connected.

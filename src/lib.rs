@@ -8,12 +8,14 @@
 //! * [`pool`] (`gaio-pool`): several watchers on pinned threads with load balancing,
 //!   listeners inside the watchers, routing, messages and graceful shutdown.
 //!
-//! The most used names are re-exported at the top level. See the README for the
-//! echo server and the [`Watcher`] docs for the rules.
+//! The most used names are re-exported at the top level, among them the
+//! [`Requests`] trait: the request methods (`read`, `write`, `free`, …) of
+//! every way into a watcher or a pool, so bring it into scope. See the README
+//! for the echo server and the [`Watcher`] docs for the rules.
 //!
 //! ```
 //! use std::io::{Read, Write};
-//! use gaio::{Op, Watcher};
+//! use gaio::{Op, Requests, Watcher};
 //!
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 //! let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
@@ -40,6 +42,6 @@ pub use gaio_core as core;
 pub use gaio_pool as pool;
 
 pub use gaio_core::{
-    Backend, Buffer, Builder, Completion, Completions, Conn, ConnCounts, Error, Local, Op, Result,
-    Stats, Submitter, Watcher, WriteBuf, framing,
+    Backend, Buffer, Builder, Completion, Completions, Conn, ConnCounts, Error, Local, Op, Request,
+    Requests, Result, Stats, Submitter, Watcher, WriteBuf, framing,
 };

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use gaio_core::{Conn, Error, Op, Watcher};
+use gaio_core::{Conn, Error, Op, Requests, Watcher};
 
 const ECHO: u64 = 0;
 const PROBE: u64 = 1;

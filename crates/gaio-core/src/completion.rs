@@ -67,7 +67,7 @@ pub enum Buffer<'a> {
 ///
 /// ```
 /// use std::io::Write;
-/// use gaio_core::{Op, Watcher};
+/// use gaio_core::{Op, Requests, Watcher};
 ///
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;

@@ -14,7 +14,7 @@ use std::io;
 /// ```
 ///
 /// EOF on a read is not an error: it completes with `Ok` and size 0, as in
-/// `std::io::Read`. A [`read_full`](crate::Submitter::read_full) that meets EOF before
+/// `std::io::Read`. A [`read_full`](crate::Requests::read_full) that meets EOF before
 /// its buffer is full completes with `Io` of kind [`io::ErrorKind::UnexpectedEof`],
 /// like `read_exact`.
 #[derive(Debug)]

@@ -12,7 +12,7 @@
 //! # Quick start: the echo server from Go gaio's README
 //!
 //! ```no_run
-//! use gaio_core::{Buffer, Op, Watcher};
+//! use gaio_core::{Buffer, Op, Requests, Watcher};
 //!
 //! let mut w: Watcher<()> = Watcher::new()?;
 //! let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -74,14 +74,16 @@
 //!
 //! * **No hidden threads.** All I/O happens inside [`Watcher::wait_io`] on the
 //!   caller's thread.
-//! * **Two ways in.** On the watcher's own thread, a [`Local`] (from
+//! * **One vocabulary, two ways in.** The requests are the methods of the
+//!   [`Requests`] trait (bring it into scope: `use gaio_core::Requests;`),
+//!   written once for every path. On the watcher's own thread, a [`Local`] (from
 //!   [`Completions::local`] inside the completion loop, or [`Watcher::local`])
 //!   puts a request straight into its connection's queue: no atomic
 //!   read-modify-write, no lock, no copy. From any thread, a [`Submitter`] queues
 //!   it through a lock-free queue; a submission wakes the watcher only if it is
 //!   parked in the poller, so while it is busy, submitting costs no system call.
 //! * **Exactly once.** Every accepted request completes exactly once — success,
-//!   error, deadline, [`free`](Local::free), or peer close — with its `ctx`, its
+//!   error, deadline, [`free`](Requests::free), or peer close — with its `ctx`, its
 //!   byte count and (if it had one) its buffer. A refused request returns `Err` at
 //!   once. The one exception: closing the watcher drops pending requests.
 //! * **Order.** Requests on one connection complete in submission order per
@@ -119,8 +121,9 @@
 //!   `SegQueue`, which allocates a block per 31 submissions.
 #![forbid(unsafe_code)]
 
-// Layout: `watcher` is the public face; a request goes `submit` (Local: straight
-// to the engine; Submitter: through `queue`) → `engine` (table, queues, deadlines,
+// Layout: `watcher` is the public face; a request is made by a `requests` method
+// and goes through `submit` (Local: straight to the engine; Submitter: through
+// `queue`) → `engine` (table, queues, deadlines,
 // completions) → `driver` (moves the bytes). `conn` and `req` define the token
 // and the request, each in one place.
 mod backend;
@@ -132,6 +135,7 @@ mod error;
 pub mod framing;
 mod queue;
 mod req;
+mod requests;
 mod submit;
 mod watcher;
 
@@ -140,7 +144,8 @@ pub use completion::{Buffer, Completion, Op, Stats};
 pub use conn::Conn;
 pub use error::{Error, Result};
 pub use queue::ConnCounts;
-pub use submit::{Local, Submitter, WriteBuf};
+pub use requests::{Request, Requests, WriteBuf};
+pub use submit::{Local, Submitter};
 pub use watcher::{Builder, Completions, Watcher};
 
 const _: () = {

@@ -37,6 +37,7 @@ impl<'a, C> Completions<'a, C> {
     /// handled; see [`Local`]. Take it before the loop consumes the batch:
     ///
     /// ```no_run
+    /// # use gaio_core::Requests;
     /// # let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
     /// let batch = w.wait_io()?;
     /// let io = batch.local();
@@ -312,7 +313,7 @@ fn uring(_swap: usize) -> Result<(Driver, Waker, SwapMem)> {
 /// ```
 /// use std::io::Write;
 /// use std::time::Duration;
-/// use gaio_core::Watcher;
+/// use gaio_core::{Requests, Watcher};
 ///
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
@@ -389,6 +390,7 @@ impl<C> Watcher<C> {
     /// [`Completions::local`].
     ///
     /// ```
+    /// use gaio_core::Requests;
     /// let w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
     /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
     /// let io = w.local();
@@ -428,7 +430,7 @@ impl<C> Watcher<C> {
     /// their chance to move, then the fd is
     /// closed and every request still pending completes with
     /// [`Error::ConnClosed`] in the next `wait_io`. Freeing a stale `Conn` does
-    /// nothing. ([`Local::free`] does the same at the next turn.)
+    /// nothing. ([`Local::free`](crate::Requests::free) does the same at the next turn.)
     ///
     /// # Errors
     /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
@@ -458,6 +460,7 @@ impl<C> Watcher<C> {
     /// [`Error::WatcherClosed`].
     ///
     /// ```
+    /// use gaio_core::Requests;
     /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
     /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
     /// let conn = w.register(a)?;
@@ -481,6 +484,7 @@ impl<C> Watcher<C> {
     /// The watcher's counters, exact on its own thread.
     ///
     /// ```
+    /// use gaio_core::Requests;
     /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
     /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
     /// let conn = w.register(a)?;
@@ -503,6 +507,7 @@ impl<C> Watcher<C> {
     ///
     /// ```
     /// use std::io::Write;
+    /// use gaio_core::Requests;
     /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
     /// let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
     /// let conn = w.register(a)?;

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use gaio_core::{Op, Watcher};
+use gaio_core::{Op, Requests, Watcher};
 use util::*;
 
 #[test]

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use gaio_core::{Backend, Error, Op, Watcher};
+use gaio_core::{Backend, Error, Op, Requests, Watcher};
 use util::*;
 
 /// Whether this machine lets a watcher run on io_uring (`None`) or why not.

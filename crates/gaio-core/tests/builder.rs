@@ -5,7 +5,7 @@ mod util;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use gaio_core::{Error, Op, Watcher};
+use gaio_core::{Error, Op, Requests, Watcher};
 use util::*;
 
 #[test]

@@ -6,7 +6,7 @@ mod util;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Error, Op, Watcher};
+use gaio_core::{Error, Op, Requests, Watcher};
 use util::*;
 
 #[test]

@@ -6,7 +6,7 @@ mod util;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use gaio_core::{Op, Watcher};
+use gaio_core::{Op, Requests, Watcher};
 use util::*;
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gaio_core::{Error, Op, Watcher};
+use gaio_core::{Error, Op, Requests, Watcher};
 use util::*;
 
 #[test]

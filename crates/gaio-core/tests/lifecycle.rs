@@ -6,7 +6,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Error, Op, Watcher};
+use gaio_core::{Error, Op, Requests, Watcher};
 use util::*;
 
 #[test]

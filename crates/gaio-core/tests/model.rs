@@ -22,7 +22,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use gaio_core::{Conn, Error, Op, Watcher};
+use gaio_core::{Conn, Error, Op, Requests, Watcher};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestRng, TestRunner};
 use util::*;
@@ -773,23 +773,6 @@ fn random_operation_sequences_keep_every_promise() {
     assert_fds_back_to(start);
 }
 
-/// The request methods both submission handles have.
-trait Requests {
-    fn read(&self, c: Conn, id: u64, b: Option<Vec<u8>>) -> gaio_core::Result<()>;
-    fn read_deadline(
-        &self,
-        c: Conn,
-        id: u64,
-        b: Option<Vec<u8>>,
-        d: Instant,
-    ) -> gaio_core::Result<()>;
-    fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()>;
-    fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()>;
-    fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()>;
-    fn close(&self, c: Conn, id: u64, d: Option<Instant>) -> gaio_core::Result<()>;
-    fn shutdown(&self, c: Conn, id: u64) -> gaio_core::Result<()>;
-}
-
 /// Every third write goes as a shared buffer: the same bytes either way.
 fn write_buf(id: u64, b: Vec<u8>) -> gaio_core::WriteBuf {
     if id.is_multiple_of(3) {
@@ -799,68 +782,8 @@ fn write_buf(id: u64, b: Vec<u8>) -> gaio_core::WriteBuf {
     }
 }
 
-impl Requests for gaio_core::Submitter<u64> {
-    fn read(&self, c: Conn, id: u64, b: Option<Vec<u8>>) -> gaio_core::Result<()> {
-        self.read(c, id, b)
-    }
-    fn read_deadline(
-        &self,
-        c: Conn,
-        id: u64,
-        b: Option<Vec<u8>>,
-        d: Instant,
-    ) -> gaio_core::Result<()> {
-        self.read_deadline(c, id, b, d)
-    }
-    fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()> {
-        self.read_full(c, id, b, d)
-    }
-    fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()> {
-        self.write(c, id, write_buf(id, b))
-    }
-    fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
-        self.write_deadline(c, id, write_buf(id, b), d)
-    }
-    fn close(&self, c: Conn, id: u64, d: Option<Instant>) -> gaio_core::Result<()> {
-        self.close(c, id, d)
-    }
-    fn shutdown(&self, c: Conn, id: u64) -> gaio_core::Result<()> {
-        self.shutdown(c, id)
-    }
-}
-
-impl Requests for gaio_core::Local<'_, u64> {
-    fn read(&self, c: Conn, id: u64, b: Option<Vec<u8>>) -> gaio_core::Result<()> {
-        gaio_core::Local::read(self, c, id, b)
-    }
-    fn read_deadline(
-        &self,
-        c: Conn,
-        id: u64,
-        b: Option<Vec<u8>>,
-        d: Instant,
-    ) -> gaio_core::Result<()> {
-        gaio_core::Local::read_deadline(self, c, id, b, d)
-    }
-    fn read_full(&self, c: Conn, id: u64, b: Vec<u8>, d: Option<Instant>) -> gaio_core::Result<()> {
-        gaio_core::Local::read_full(self, c, id, b, d)
-    }
-    fn write(&self, c: Conn, id: u64, b: Vec<u8>) -> gaio_core::Result<()> {
-        gaio_core::Local::write(self, c, id, write_buf(id, b))
-    }
-    fn write_deadline(&self, c: Conn, id: u64, b: Vec<u8>, d: Instant) -> gaio_core::Result<()> {
-        gaio_core::Local::write_deadline(self, c, id, write_buf(id, b), d)
-    }
-    fn close(&self, c: Conn, id: u64, d: Option<Instant>) -> gaio_core::Result<()> {
-        gaio_core::Local::close(self, c, id, d)
-    }
-    fn shutdown(&self, c: Conn, id: u64) -> gaio_core::Result<()> {
-        gaio_core::Local::shutdown(self, c, id)
-    }
-}
-
 fn request(
-    via: &impl Requests,
+    via: &impl Requests<u64>,
     conn: Conn,
     id: u64,
     kind: Kind,
@@ -871,8 +794,8 @@ fn request(
         (Kind::Read, None) => via.read(conn, id, buf),
         (Kind::Read, Some(d)) => via.read_deadline(conn, id, buf, d),
         (Kind::ReadFull(_), d) => via.read_full(conn, id, buf.unwrap(), d),
-        (Kind::Write, None) => via.write(conn, id, buf.unwrap()),
-        (Kind::Write, Some(d)) => via.write_deadline(conn, id, buf.unwrap(), d),
+        (Kind::Write, None) => via.write(conn, id, write_buf(id, buf.unwrap())),
+        (Kind::Write, Some(d)) => via.write_deadline(conn, id, write_buf(id, buf.unwrap()), d),
         (Kind::Close, d) => via.close(conn, id, d),
         (Kind::Shutdown, _) => via.shutdown(conn, id),
         (Kind::Connect | Kind::Accept, _) => unreachable!("made by their own steps"),

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use gaio_core::{Error, Op, Watcher};
+use gaio_core::{Error, Op, Requests, Watcher};
 use util::*;
 
 #[test]

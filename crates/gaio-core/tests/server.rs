@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Buffer, Error, Op, Watcher};
+use gaio_core::{Buffer, Error, Op, Requests, Watcher};
 use util::*;
 
 #[test]

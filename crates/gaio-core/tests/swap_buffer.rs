@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Buffer, Watcher};
+use gaio_core::{Buffer, Requests, Watcher};
 use util::*;
 
 #[test]

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gaio_core::{Buffer, Op, Watcher};
+use gaio_core::{Buffer, Op, Requests, Watcher};
 use util::*;
 
 struct Counting;

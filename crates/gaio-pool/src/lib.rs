@@ -22,7 +22,7 @@
 //!
 //! ```no_run
 //! use gaio_pool::{Event, Io, Pool};
-//! use gaio_core::{Buffer, Op};
+//! use gaio_core::{Buffer, Op, Requests};
 //!
 //! let pool = Pool::builder().watchers(2).build(|_watcher| {
 //!     let mut spare: Vec<Vec<u8>> = Vec::new(); // per-thread state, no locks
@@ -62,8 +62,9 @@
 //! # Reaching another watcher's connections
 //!
 //! A `Conn` names the watcher that owns it, and every request method of [`Io`]
-//! and [`Handle`] sends the request there: on the owner's own thread straight
-//! into the connection's queue (the hot path), from anywhere else through the
+//! and [`Handle`] (those of the [`Requests`] trait, as on a single watcher)
+//! sends the request there: on the owner's own thread straight into the
+//! connection's queue (the hot path), from anywhere else through the
 //! owner's lock-free cross-thread queue, which costs a queue push (an allocation
 //! per 31 requests) and, if the owner is idle in the poller, one wake-up system
 //! call. The request completes on the owner's thread, at the owner's handler.
@@ -79,7 +80,6 @@ mod route;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -87,11 +87,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
-use gaio_core::{Completion, Conn, ConnCounts, Error, Local, Result, Submitter, Watcher, WriteBuf};
+use gaio_core::{
+    Completion, Conn, ConnCounts, Error, Local, Request, Requests, Result, Submitter, Watcher,
+};
 
 pub use balancer::{Balancer, BalancerKind, LeastConnections, Loads, RoundRobin, SourceHash};
 
-use route::{Ctx, Target, requests, route};
+use route::{Ctx, Target};
 
 /// What a watcher thread hands its [`Handler`].
 #[derive(Debug)]
@@ -134,10 +136,12 @@ where
     }
 }
 
-/// A handler's way into the pool: the request methods (`io.read(..)`,
-/// `io.write(..)`, `io.free(..)`, …) for any connection of the pool — on this
-/// watcher's connections they take the hot path — plus this watcher's own
-/// operations (`connect`, `register`, `queued`) and, through
+/// A handler's way into the pool: the request methods of [`Requests`]
+/// (`io.read(..)`, `io.write(..)`, `io.free(..)`, …) for any connection of the
+/// pool — on this watcher's connections they take the hot path (a write past
+/// the write limit is refused at once there), on another's its cross-thread
+/// queue — with `io.connect(..)` connecting on this watcher; plus this
+/// watcher's own operations (`register`, `queued`) and, through
 /// [`pool`](Self::pool), messages and stats.
 pub struct Io<'a, C, M = ()> {
     index: usize,
@@ -173,25 +177,6 @@ impl<'a, C, M> Io<'a, C, M> {
         }
     }
 
-    requests!();
-
-    /// Starts a nonblocking TCP connect on this watcher; the `Connect`
-    /// completion says how it went (see [`gaio_core::Local::connect`]).
-    ///
-    /// # Errors
-    /// [`Error::WatcherClosed`]; the OS's error when the socket cannot be made.
-    pub fn connect(&self, addr: SocketAddr, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
-        self.local.connect(addr, Ctx::User(ctx), deadline)
-    }
-
-    /// As [`connect`](Self::connect), to a Unix socket path.
-    ///
-    /// # Errors
-    /// As [`connect`](Self::connect).
-    pub fn connect_unix(&self, path: &Path, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
-        self.local.connect_unix(path, Ctx::User(ctx), deadline)
-    }
-
     /// Takes a socket or pipe over on this watcher (no [`Event::Connected`]
     /// follows: the caller has the `Conn`).
     ///
@@ -208,8 +193,27 @@ impl<'a, C, M> Io<'a, C, M> {
     }
 }
 
-/// The pool from any thread (`Clone + Send + Sync`): request methods on any
-/// connection (through the owner's cross-thread queue), messages, stats.
+impl<C, M> Requests<C> for Io<'_, C, M> {
+    #[inline]
+    fn submit(&self, conn: Conn, req: Request<C>) -> Result<()> {
+        self.target(conn)?.submit(conn, req)
+    }
+
+    /// Connects on this watcher: its handler gets the completion.
+    #[inline]
+    fn connect_fd(&self, fd: OwnedFd, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
+        self.local.connect_fd(fd, Ctx::User(ctx), deadline)
+    }
+
+    #[inline]
+    fn free(&self, conn: Conn) -> Result<()> {
+        self.target(conn)?.free(conn)
+    }
+}
+
+/// The pool from any thread (`Clone + Send + Sync`): the request methods of
+/// [`Requests`] on any connection (through the owner's cross-thread queue),
+/// [`connect`](Self::connect) on a watcher of your choice, messages, stats.
 /// [`Pool`] dereferences to it; handlers reach it with [`Io::pool`].
 pub struct Handle<C, M = ()> {
     inner: Arc<Inner<C, M>>,
@@ -241,8 +245,6 @@ impl<C, M> Handle<C, M> {
         Ok(Target::Remote(&self.inner.worker_of(conn)?.tx))
     }
 
-    requests!();
-
     /// Which watcher owns `conn`.
     ///
     /// # Errors
@@ -251,12 +253,15 @@ impl<C, M> Handle<C, M> {
         self.inner.index_of(conn)
     }
 
-    /// Starts a nonblocking TCP connect on watcher `watcher` (its handler gets
-    /// the completion); see [`Io::connect`].
+    /// Connects on watcher `watcher`, as [`Requests::connect`] does; that
+    /// watcher's handler gets the completion. `handle.connect(..)` is this
+    /// inherent method; the trait's `connect` and `connect_unix` on a `Handle`
+    /// (from generic code, or as `Requests::connect(&handle, ..)`) let the
+    /// balancer choose the watcher.
     ///
     /// # Errors
     /// [`Error::Io`] of kind `InvalidInput` for an index out of range; as
-    /// [`Io::connect`].
+    /// [`Requests::connect`].
     pub fn connect(
         &self,
         watcher: usize,
@@ -264,10 +269,12 @@ impl<C, M> Handle<C, M> {
         ctx: C,
         deadline: Option<Instant>,
     ) -> Result<Conn> {
-        self.inner
-            .worker(watcher)?
-            .tx
-            .connect(addr, Ctx::User(ctx), deadline)
+        Requests::connect(
+            &self.inner.worker(watcher)?.tx,
+            addr,
+            Ctx::User(ctx),
+            deadline,
+        )
     }
 
     /// Hands `msg` to watcher `watcher`'s handler as [`Event::Message`], on that
@@ -341,6 +348,27 @@ impl<C, M> Handle<C, M> {
             accepts: watchers.iter().map(|w| w.accepts).sum(),
             watchers,
         }
+    }
+}
+
+impl<C, M> Requests<C> for Handle<C, M> {
+    #[inline]
+    fn submit(&self, conn: Conn, req: Request<C>) -> Result<()> {
+        self.target(conn)?.submit(conn, req)
+    }
+
+    /// Connects on the watcher the balancer picks (as for [`Pool::assign`],
+    /// with no peer address); that watcher's handler gets the completion.
+    fn connect_fd(&self, fd: OwnedFd, ctx: C, deadline: Option<Instant>) -> Result<Conn> {
+        let index = self.inner.live_from(self.inner.pick(None))?;
+        self.inner.workers[index]
+            .tx
+            .connect_fd(fd, Ctx::User(ctx), deadline)
+    }
+
+    #[inline]
+    fn free(&self, conn: Conn) -> Result<()> {
+        self.target(conn)?.free(conn)
     }
 }
 

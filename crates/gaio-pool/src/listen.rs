@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 
-use gaio_core::{Completion, Conn, Error, Result, Watcher};
+use gaio_core::{Completion, Conn, Error, Requests, Result, Watcher};
 
 use crate::route::Ctx;
 use crate::{Event, Handler, Inner, Io};

@@ -187,7 +187,7 @@ fn reuseport_listeners_all_accept_and_keep_their_connections() {
 #[test]
 fn a_dead_watcher_does_not_stop_the_listener() {
     let _serial = serial();
-    use gaio_core::Op;
+    use gaio_core::{Op, Requests};
     use gaio_pool::{Event, Io};
     let (tx, rx) = channel();
     let pool = Pool::builder()

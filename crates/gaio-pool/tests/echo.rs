@@ -5,7 +5,7 @@ mod util;
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Op, Watcher};
+use gaio_core::{Op, Requests, Watcher};
 use gaio_pool::Pool;
 use util::*;
 

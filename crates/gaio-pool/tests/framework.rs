@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Instant;
 
-use gaio_core::{Buffer, Conn, Error, Op};
+use gaio_core::{Buffer, Conn, Error, Op, Requests};
 use gaio_pool::{Event, Io, Pool};
 use util::*;
 
@@ -321,13 +321,15 @@ fn stats_total_the_bytes_queued_for_writing() {
     }
 }
 
-/// `Handle::connect` dials from the chosen watcher; its handler gets the
-/// `Connect` completion, on that watcher's thread.
-#[test]
-fn connect_runs_on_the_chosen_watcher() {
-    let _serial = serial();
+/// What one watcher's handler reports of a completion: the watcher, op, ctx,
+/// success and connection.
+type Done = (usize, Op, u32, bool, Conn);
+
+/// Two watchers whose handlers report every completion and free its
+/// connection.
+fn completions_pool() -> (Pool<u32>, Receiver<Done>) {
     let (tx, rx) = channel();
-    let pool: Pool<u32> = Pool::builder()
+    let pool = Pool::builder()
         .watchers(2)
         .pin(false)
         .build(move |_| {
@@ -340,6 +342,15 @@ fn connect_runs_on_the_chosen_watcher() {
             }
         })
         .unwrap();
+    (pool, rx)
+}
+
+/// `Handle::connect` dials from the chosen watcher; its handler gets the
+/// `Connect` completion, on that watcher's thread.
+#[test]
+fn connect_runs_on_the_chosen_watcher() {
+    let _serial = serial();
+    let (pool, rx) = completions_pool();
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let conn = pool.connect(1, l.local_addr().unwrap(), 9, None).unwrap();
     assert_eq!(pool.owner(conn).unwrap(), 1);
@@ -350,6 +361,28 @@ fn connect_runs_on_the_chosen_watcher() {
     );
     let _accepted = l.accept().unwrap();
     assert!(pool.connect(2, l.local_addr().unwrap(), 0, None).is_err());
+}
+
+/// The trait's `connect` on a `Handle` (generic code over every `Requests`)
+/// lets the balancer place the connection: round-robin, one watcher each.
+#[test]
+fn handle_requests_connect_is_placed_by_the_balancer() {
+    let _serial = serial();
+    let (pool, rx) = completions_pool();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let handle = pool.handle();
+    let a = Requests::connect(&handle, l.local_addr().unwrap(), 10, None).unwrap();
+    let b = Requests::connect(&handle, l.local_addr().unwrap(), 11, None).unwrap();
+    assert_eq!((pool.owner(a).unwrap(), pool.owner(b).unwrap()), (0, 1));
+    let mut seen = vec![
+        rx.recv_timeout(PATIENCE).unwrap(),
+        rx.recv_timeout(PATIENCE).unwrap(),
+    ];
+    seen.sort_by_key(|s| s.0);
+    assert_eq!(
+        seen,
+        [(0, Op::Connect, 10, true, a), (1, Op::Connect, 11, true, b)]
+    );
 }
 
 /// Listeners the application made: one serves as a balanced listener; for

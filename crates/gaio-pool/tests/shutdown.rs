@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use gaio_core::Op;
+use gaio_core::{Op, Requests};
 use gaio_pool::{Event, Io, Pool};
 use util::*;
 

@@ -5,7 +5,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Buffer, Conn, Error, Op, Watcher};
+use gaio_core::{Buffer, Conn, Error, Op, Requests, Watcher};
 pub use gaio_testkit::{
     PATIENCE, fd_count, fd_list, listener, pattern, raise_fd_limit, serial, tcp_pair, tcp_pairs,
 };

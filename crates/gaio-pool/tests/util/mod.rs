@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
-use gaio_core::Op;
+use gaio_core::{Op, Requests};
 use gaio_pool::{Balancer, Builder, Event, Io, Loads, Pool};
 pub use gaio_testkit::{PATIENCE, fd_count, pattern, raise_fd_limit, serial};
 
