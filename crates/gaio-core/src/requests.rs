@@ -81,11 +81,6 @@ impl<C> Request<C> {
         }
     }
 
-    #[inline]
-    pub(crate) fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// Refuses what can never complete (see `check_buf`).
     #[inline]
     pub(crate) fn check(&self) -> Result<()> {

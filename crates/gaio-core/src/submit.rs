@@ -84,12 +84,7 @@ impl<C> Requests<C> for Local<'_, C> {
     fn submit(&self, conn: Conn, req: Request<C>) -> Result<()> {
         req.check()?;
         let mut eng = self.engine_for(conn)?;
-        let remote = eng.remote_pending();
-        if remote || req.kind() == Kind::Close {
-            // Either may wait for the kernel (io_uring): only on its thread.
-            eng.driver.check_thread()?;
-        }
-        if remote {
+        if eng.remote_pending() {
             // Requests other threads made first go first.
             eng.run_remote();
         }
@@ -109,7 +104,6 @@ impl<C> Requests<C> for Local<'_, C> {
     fn free(&self, conn: Conn) -> Result<()> {
         let mut eng = self.engine_for(conn)?;
         if eng.remote_pending() {
-            eng.driver.check_thread()?;
             eng.run_remote();
         }
         eng.free(conn);
@@ -144,10 +138,10 @@ impl<'w, C> Local<'w, C> {
     /// connection to another watcher, thread or library. Requests still pending
     /// on it complete with [`Error::ConnClosed`] (nothing was lost in flight: a
     /// read that had taken bytes has completed already); requests made later on
-    /// the `Conn` are treated as on a freed one. On io_uring a connection whose
-    /// swap reads left its receive armed may hold bytes that arrived after its
-    /// last read: then detach is refused (`WouldBlock`), the connection stays,
-    /// and the next read gets them.
+    /// the `Conn` are treated as on a freed one. Bytes that arrived with no read
+    /// pending are still in the socket, on every backend. On io_uring a read
+    /// whose operation is out when `detach` is called completes once the
+    /// operation comes back — with the bytes it took, if it took any.
     ///
     /// ```
     /// use std::io::{Read, Write};
@@ -164,15 +158,13 @@ impl<'w, C> Local<'w, C> {
     ///
     /// # Errors
     /// [`Error::ConnClosed`] for a stale or freed `Conn`; [`Error::ForeignConn`];
-    /// [`Error::WatcherClosed`]; `Error::Io` (`WouldBlock`) on io_uring for
-    /// bytes waiting for a read, or (`Other`) off the thread driving it.
+    /// [`Error::WatcherClosed`].
     pub fn detach(&self, conn: Conn) -> Result<OwnedFd> {
         let mut eng = self.engine_for(conn)?;
         if eng.remote_pending() {
             // A registration other threads made first goes first.
             eng.run_remote();
         }
-        eng.driver.check_thread()?;
         eng.detach(conn)
     }
 
