@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,44 @@ fn servers() -> Vec<Server> {
             gaio: true,
             optional: true,
         },
+    ]
+}
+
+/// The instruction table: each server's user-space instructions per message
+/// under callgrind, as a ratio to the raw epoll loop (the first row), all from the
+/// same run. Short next to `servers()`, so `--only-instructions` is quick enough
+/// to iterate on a hot path with.
+fn instruction_servers() -> Vec<Server> {
+    let server = |name, bin: &'static str, args: &[&str], optional| Server {
+        name,
+        bin,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        gaio: bin.starts_with("examples/"),
+        optional,
+    };
+    vec![
+        server("raw epoll", "bench-raw-epoll", &[], false),
+        server("mio", "bench-mio", &[], false),
+        server("tokio", "bench-tokio", &[], false),
+        server("gaio-core", "examples/echo", &[], false),
+        server(
+            "gaio-core owned 1 KiB",
+            "examples/echo",
+            &["--owned", "1024"],
+            false,
+        ),
+        server(
+            "gaio-core io_uring",
+            "examples/echo",
+            &["--backend", "uring"],
+            true,
+        ),
+        server(
+            "gaio-core owned 1 KiB io_uring",
+            "examples/echo",
+            &["--owned", "1024", "--backend", "uring"],
+            true,
+        ),
     ]
 }
 
@@ -235,7 +273,10 @@ fn settled_fds(srv: &Running) -> usize {
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     pub quick: bool,
+    /// Add the instruction table (callgrind) after the main table.
     pub instructions: bool,
+    /// The instruction table alone: no other scenario, no Redis comparison.
+    pub only_instructions: bool,
 }
 
 impl Settings {
@@ -273,7 +314,6 @@ struct Figures {
     regression: Vec<(usize, f64)>,
     fit: (f64, f64, f64),
     idle_bytes_per_conn: f64,
-    instr_per_msg: Option<f64>,
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -309,7 +349,8 @@ fn fit(points: &[(usize, f64)]) -> (f64, f64, f64) {
     (slope, my - slope * mx, r2)
 }
 
-fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
+/// Where `s`'s executable is; an error if it has not been built.
+fn executable(release: &Path, s: &Server) -> io::Result<PathBuf> {
     let bin = release.join(s.bin);
     if !bin.exists() {
         return Err(io::Error::new(
@@ -317,6 +358,11 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
             format!("no executable at {}", bin.display()),
         ));
     }
+    Ok(bin)
+}
+
+fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
+    let bin = executable(release, s)?;
     let mut f = Figures::default();
     let (mut rt, mut p50, mut p99, mut mbs, mut mps, mut cpu, mut idle) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -485,9 +531,6 @@ fn measure(release: &Path, s: &Server, set: Settings) -> io::Result<Figures> {
     f.completion_8k_s = f.regression.last().map_or(f64::NAN, |p| p.1);
     f.fit = fit(&f.regression);
     f.idle_bytes_per_conn = median(idle);
-    if set.instructions {
-        f.instr_per_msg = Some(instructions(&bin, &s.args, set)?);
-    }
     Ok(f)
 }
 
@@ -532,7 +575,7 @@ fn syscalls_per_msg(pid: u32, load: impl FnOnce() -> io::Result<load::Outcome>) 
 /// between a long and a short run of 100 conns × 1 KiB, so start-up and connection
 /// set-up cancel out.
 fn instructions(bin: &Path, args: &[String], set: Settings) -> io::Result<f64> {
-    let (short, long) = if set.quick { (20, 120) } else { (20, 520) };
+    let (short, long) = instruction_rounds(set);
     let mut ir = Vec::new();
     for per_conn in [short, long] {
         let out = std::env::temp_dir().join(format!(
@@ -545,7 +588,7 @@ fn instructions(bin: &Path, args: &[String], set: Settings) -> io::Result<f64> {
             format!("--callgrind-out-file={}", out.display()),
             "--quiet".into(),
         ];
-        let srv = Running::start(bin, args, &wrapper)?;
+        let mut srv = Running::start(bin, args, &wrapper)?;
         load::run(
             srv.addr,
             Spec {
@@ -556,8 +599,15 @@ fn instructions(bin: &Path, args: &[String], set: Settings) -> io::Result<f64> {
             },
             Duration::from_secs(600),
         )?;
-        drop(srv); // SIGTERM (callgrind writes its profile), then wait
-        let text = std::fs::read_to_string(&out)?;
+        let dumped = callgrind_dump(srv.pid());
+        // The counts are on disk: no SIGTERM, which an io_uring server would not see.
+        let _ = srv.child.kill();
+        drop(srv);
+        let dump = out.with_extension("out.1");
+        let text = dumped.and_then(|()| std::fs::read_to_string(&dump));
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&dump);
+        let text = text?;
         let total = text
             .lines()
             .find_map(|l| {
@@ -566,10 +616,93 @@ fn instructions(bin: &Path, args: &[String], set: Settings) -> io::Result<f64> {
             })
             .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
             .ok_or_else(|| io::Error::other("no callgrind summary"))?;
-        let _ = std::fs::remove_file(&out);
         ir.push(total);
     }
     Ok((ir[1] - ir[0]) / (100.0 * (long - short) as f64))
+}
+
+/// Has callgrind in process `pid` write its counts so far (to `<out file>.1`)
+/// while the server runs, rather than at exit on SIGTERM: valgrind 3.19 does not
+/// count `io_uring_enter` as a blocking call, so it holds signals back while a
+/// server waits in io_uring, and that server never sees SIGTERM. vgdb, behind
+/// callgrind_control, interrupts the wait. Bounded: an answer in 60 s or an error.
+fn callgrind_dump(pid: u32) -> io::Result<()> {
+    let mut c = Command::new("callgrind_control")
+        .arg("--dump")
+        .arg(pid.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let end = Instant::now() + Duration::from_secs(60);
+    while c.try_wait()?.is_none() {
+        if Instant::now() >= end {
+            let _ = c.kill();
+            let _ = c.wait();
+            return Err(io::Error::other(
+                "callgrind_control --dump: no answer in 60 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It exits 0 on failure too; success is its "OK.".
+    let said = String::from_utf8_lossy(&c.wait_with_output()?.stdout).into_owned();
+    if said.contains("OK.") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "callgrind_control --dump: {}",
+            said.trim()
+        )))
+    }
+}
+
+/// Round trips per connection of the short and the long callgrind run.
+fn instruction_rounds(set: Settings) -> (u64, u64) {
+    if set.quick { (20, 120) } else { (20, 520) }
+}
+
+/// Measures every row of `instruction_servers()` and returns the Markdown table.
+fn instruction_table(release: &Path, set: Settings) -> Result<String, String> {
+    let mut rows: Vec<(&str, f64)> = Vec::new();
+    for s in instruction_servers() {
+        eprintln!("instructions: {}", s.name);
+        match executable(release, &s).and_then(|bin| instructions(&bin, &s.args, set)) {
+            Ok(v) => {
+                eprintln!("  {} instr/msg", thousands(v));
+                rows.push((s.name, v));
+            }
+            Err(e) if s.optional => eprintln!("instructions: SKIPPING {}: {e}", s.name),
+            Err(e) => return Err(format!("{} under callgrind: {e}", s.name)),
+        }
+    }
+    let raw = rows[0].1;
+    let (short, long) = instruction_rounds(set);
+    let mut md = format!(
+        "\nUser-space instructions per message (valgrind callgrind, 100 conns × 1 KiB \
+         ping-pong; a run of {long} minus a run of {short} round trips per connection, so \
+         start-up and set-up cancel out). × raw: ÷ the raw epoll loop, same run.\n\n\
+         | server | instr per msg | × raw |\n|---|---|---|\n"
+    );
+    for (name, v) in rows {
+        let _ = writeln!(md, "| {name} | {} | {} |", thousands(v), ratio(v, raw));
+    }
+    Ok(md)
+}
+
+/// `1452.3` → `1,452`.
+fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < -0.5 { format!("-{out}") } else { out }
 }
 
 fn ratio(x: f64, base: f64) -> String {
@@ -723,28 +856,6 @@ fn report(results: &[(Server, Figures)], set: Settings, machine: &str) -> String
             .map(|(_, f)| format!("{:.3e}·x + {:.3} (R² {:.3})", f.fit.0, f.fit.1, f.fit.2))
             .collect(),
     ));
-    if set.instructions {
-        rows.push((
-            "user-space instructions per message (callgrind, 100 × 1 KiB)".into(),
-            "instr".into(),
-            results
-                .iter()
-                .map(|(s, f)| {
-                    let v = f.instr_per_msg.unwrap_or(f64::NAN);
-                    if s.gaio {
-                        format!(
-                            "{} ({} raw, {} tokio)",
-                            fmt_num(v),
-                            ratio(v, raw.instr_per_msg.unwrap_or(f64::NAN)),
-                            ratio(v, tokio.instr_per_msg.unwrap_or(f64::NAN))
-                        )
-                    } else {
-                        fmt_num(v)
-                    }
-                })
-                .collect(),
-        ));
-    }
     for (name, unit, cells) in rows {
         let _ = write!(md, "| {name} | {unit} |");
         for c in cells {
@@ -858,8 +969,53 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
+/// `cargo build --release` of just `servers`' executables.
+fn build(paths: &Paths, servers: &[Server]) -> Result<(), String> {
+    let mut cmd = crate::cargo();
+    cmd.current_dir(&paths.root)
+        .args(["build", "--release", "-p", "gaio", "-p", "gaio-bench"]);
+    let mut bins: Vec<&str> = servers.iter().map(|s| s.bin).collect();
+    bins.sort_unstable();
+    bins.dedup();
+    for bin in &bins {
+        match bin.strip_prefix("examples/") {
+            Some(example) => cmd.args(["--example", example]),
+            None => cmd.args(["--bin", bin]),
+        };
+    }
+    crate::run(
+        &format!("cargo build --release ({})", bins.join(", ")),
+        &mut cmd,
+    )
+}
+
 pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
     gaio_testkit::raise_fd_limit();
+    let release = paths.release();
+    let started = Instant::now();
+    let out = paths.target.join("bench");
+    let write = |name: &str, body: &str| {
+        let f = out.join(name);
+        std::fs::write(&f, body).map_err(|e| format!("{}: {e}", f.display()))
+    };
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if set.only_instructions {
+        build(paths, &instruction_servers())?;
+        let md = format!(
+            "Machine: {}.\n{}",
+            machine(),
+            instruction_table(&release, set)?
+        );
+        println!("{md}");
+        // Its own file: a partial run must not overwrite a full report.md.
+        write("instructions.md", &md)?;
+        eprintln!(
+            "bench: done in {:.0} s; wrote instructions.md in {}",
+            started.elapsed().as_secs_f64(),
+            out.display()
+        );
+        return Ok(());
+    }
     crate::run(
         "cargo build --release (gaio examples, gaio-bench baselines)",
         crate::cargo().current_dir(&paths.root).args([
@@ -873,8 +1029,6 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
             "--bins",
         ]),
     )?;
-    let release = paths.release();
-    let started = Instant::now();
     let mut results = Vec::new();
     for s in servers() {
         eprintln!("bench: {}", s.name);
@@ -887,7 +1041,7 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
             Err(e) => return Err(format!("{}: {e}", s.name)),
         };
         eprintln!(
-            "  {:.0} rt/s, p50 {:.1} µs, {:.0} MB/s, {:.0} msgs/s, {:.3} ms CPU/1k msgs, 8k in {:.3} s, {:.0} B/idle conn{}",
+            "  {:.0} rt/s, p50 {:.1} µs, {:.0} MB/s, {:.0} msgs/s, {:.3} ms CPU/1k msgs, 8k in {:.3} s, {:.0} B/idle conn",
             f.rt_per_s,
             f.p50_us,
             f.mb_per_s,
@@ -895,13 +1049,13 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
             f.cpu_ms_per_1k,
             f.completion_8k_s,
             f.idle_bytes_per_conn,
-            f.instr_per_msg
-                .map(|i| format!(", {i:.0} instr/msg"))
-                .unwrap_or_default()
         );
         results.push((s, f));
     }
     let mut md = report(&results, set, &machine());
+    if set.instructions {
+        md.push_str(&instruction_table(&release, set)?);
+    }
     if !set.quick {
         // The full bench includes the Redis comparison when the tools are here.
         match crate::redis::missing_tools() {
@@ -915,12 +1069,6 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
         }
     }
     println!("{md}");
-    let out = paths.target.join("bench");
-    let write = |name: &str, body: &str| {
-        let f = out.join(name);
-        std::fs::write(&f, body).map_err(|e| format!("{}: {e}", f.display()))
-    };
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     write("report.md", &md)?;
     write("regression.svg", &svg(&results))?;
     eprintln!(

@@ -4,10 +4,11 @@
 //! * `ci`: what `.ci/run` checks — `cargo fmt --check`, clippy with `-D warnings`
 //!   (for Linux, then type-checked for macOS and the BSDs), `cargo doc` without
 //!   warnings, the whole test suite, and `bench --quick` as a smoke test.
-//! * `bench [--quick] [--instructions] [--redis]`: every echo server (gaio-core, gaio-pool,
-//!   tokio, a raw epoll loop) as its own process, driven by one load generator;
-//!   prints a Markdown table and writes `report.md` and `regression.svg` under
-//!   `<target dir>/bench/`.
+//! * `bench [--quick] [--instructions | --only-instructions] [--redis]`: every echo
+//!   server (gaio-core, gaio-pool, tokio, a raw epoll loop) as its own process,
+//!   driven by one load generator; prints a Markdown table and writes `report.md`
+//!   and `regression.svg` under `<target dir>/bench/`. `--only-instructions`: just
+//!   the callgrind table, to iterate on a hot path.
 //! * `memcheck`: the gaio-sys and gaio-core tests under valgrind memcheck.
 //! * `soak [--secs N]`: a mixed workload against the gaio-pool echo server, with a
 //!   summary of operations, errors, RSS and fds.
@@ -55,7 +56,7 @@ cargo xtask bench --quick.
 ";
 
 const BENCH_USAGE: &str = "\
-usage: cargo xtask bench [--quick] [--instructions] [--redis]
+usage: cargo xtask bench [--quick] [--instructions | --only-instructions] [--redis]
 
 Every echo server (raw epoll, raw io_uring, tokio, gaio-core, gaio-core busy-poll,
 gaio-pool, gaio-core and gaio-pool on io_uring; the io_uring ones skipped, loudly,
@@ -69,7 +70,16 @@ redis-server are installed (`sudo apt-get install redis-tools redis-server`), an
 says so loudly when they are not.
 
   --quick          one run per scenario, shorter loads (about 75 s)
-  --instructions   add user-space instructions per message (valgrind callgrind)
+  --instructions   add a table of user-space instructions per message (valgrind
+                   callgrind, 100 conns × 1 KiB ping-pong, a long run minus a
+                   short one) after the main table: raw epoll, mio, tokio, and
+                   examples/echo and echo --owned 1024 on epoll and io_uring
+                   (io_uring skipped, loudly, where refused), each with its
+                   ratio to the raw epoll loop
+  --only-instructions
+                   that table alone, no other scenario (under a minute; builds
+                   only those servers): for iterating on the hot path; writes
+                   <target dir>/bench/instructions.md
   --redis          only the Redis comparison: examples/resp-server (1 and N
                    watchers) and redis-server under redis-benchmark -t
                    ping,set,get,incr,lpush,lpop,mset at -c 50 -P 1, -c 50 -P 16
@@ -352,6 +362,7 @@ fn ci(args: &[String]) -> Result<(), Fail> {
         bench::Settings {
             quick: true,
             instructions: false,
+            only_instructions: false,
         },
     )?)
 }
@@ -404,6 +415,7 @@ fn bench_cmd(args: &[String]) -> Result<(), Fail> {
     let mut set = bench::Settings {
         quick: false,
         instructions: false,
+        only_instructions: false,
     };
     let mut redis = false;
     let mut a = Args::new(args, BENCH_USAGE);
@@ -411,11 +423,18 @@ fn bench_cmd(args: &[String]) -> Result<(), Fail> {
         match flag {
             "--quick" => set.quick = true,
             "--instructions" => set.instructions = true,
+            "--only-instructions" => {
+                set.instructions = true;
+                set.only_instructions = true;
+            }
             "--redis" => redis = true,
             other => return Err(a.unknown(other)),
         }
     }
     if redis {
+        if set.instructions {
+            return Err(a.bad("--redis runs only the Redis comparison: no instructions".into()));
+        }
         return Ok(redis::bench(&paths()?, set.quick)?);
     }
     Ok(bench::bench(&paths()?, set)?)
