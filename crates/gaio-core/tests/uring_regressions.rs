@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gaio_core::{Backend, Error, Watcher};
+use gaio_core::{Backend, Error, Requests, Watcher};
 use util::*;
 
 /// Runs `test` on epoll, then on io_uring unless this machine refuses it.

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gaio_core::{Backend, Op, Watcher};
+use gaio_core::{Backend, Op, Requests, Watcher};
 use gaio_pool::{Event, Io, Pool};
 use util::*;
 

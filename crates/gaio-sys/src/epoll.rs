@@ -177,7 +177,9 @@ impl Event {
 /// Wakes a [`Poller::wait`] from any thread, through an `eventfd`.
 #[derive(Debug)]
 pub struct Waker {
-    fd: OwnedFd,
+    /// Shared with an io_uring ring that polls it (`uring::Ring::set_wake`), so
+    /// the fd closes when both are done with it, never under a poll.
+    fd: std::sync::Arc<OwnedFd>,
 }
 
 impl Waker {
@@ -187,7 +189,7 @@ impl Waker {
     /// Whatever `eventfd` or `epoll_ctl` reports.
     pub fn new(poller: &Poller, token: u64) -> io::Result<Waker> {
         let waker = Waker::eventfd()?;
-        let fd = waker.fd;
+        let fd = &waker.fd;
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLET) as u32,
             u64: token,
@@ -198,7 +200,7 @@ impl Waker {
             fd.as_raw_fd(),
             &mut ev
         ))?;
-        Ok(Waker { fd })
+        Ok(waker)
     }
 
     /// A waker on no poller: its eventfd ([`AsFd`]) is for an io_uring poll,
@@ -210,7 +212,15 @@ impl Waker {
         let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
         // SAFETY: eventfd just returned this fd and nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Waker { fd })
+        Ok(Waker {
+            fd: std::sync::Arc::new(fd),
+        })
+    }
+
+    /// The eventfd, for a ring to poll and keep open while it does.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn shared_fd(&self) -> std::sync::Arc<OwnedFd> {
+        self.fd.clone()
     }
 
     /// Wakes the poller. Edge-triggered: every write to the eventfd is a new edge, so

@@ -373,8 +373,9 @@ pub struct Ring {
     #[allow(clippy::vec_box)]
     blocks: Vec<Box<IovBlock>>,
     blocks_used: usize,
-    /// The poll of the wake fd (multishot), re-armed when it ends unless closing.
-    wake: Option<OwnedFd>,
+    /// The waker's fd, polled (multishot), re-armed when the poll ends unless
+    /// closing.
+    wake: Option<Arc<OwnedFd>>,
     wake_armed: bool,
     closing: bool,
     issuer: Option<std::thread::ThreadId>,
@@ -458,19 +459,15 @@ impl Ring {
         ))
     }
 
-    /// Polls `fd` for readability (multishot) so that writing to it (an
-    /// eventfd) wakes a wait; the ring keeps its own duplicate of the fd.
-    ///
-    /// # Errors
-    /// From duplicating the fd.
-    pub fn set_wake(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.wake = Some(fd.try_clone_to_owned()?);
+    /// Polls the waker's eventfd (multishot), so that a wake from any thread
+    /// ends a wait; the ring holds the fd open while it may poll it.
+    pub fn set_wake(&mut self, waker: &crate::Waker) {
+        self.wake = Some(waker.shared_fd());
         self.wake_armed = false;
-        Ok(())
     }
 
-    /// Closes the ring's duplicate of the wake fd (after [`cancel_all`](Self::cancel_all):
-    /// the poll is not armed again).
+    /// Lets go of the waker's fd (after [`cancel_all`](Self::cancel_all): the
+    /// poll is not armed again).
     pub fn drop_wake(&mut self) {
         self.wake = None;
     }

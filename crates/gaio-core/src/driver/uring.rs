@@ -102,7 +102,7 @@ impl Driver {
             buffers: cfg.buffers,
             buffer_len: cfg.buffer_len,
         })?;
-        ring.set_wake(waker.as_fd())?;
+        ring.set_wake(waker);
         let d = Driver {
             ring,
             cqes: Vec::new(),
@@ -225,12 +225,30 @@ impl Driver {
         gaio_sys::shutdown_write(fd)
     }
 
+    /// Closes `fd` once no submission still to be handed to the kernel names
+    /// it (they name the fd by number: a later file could take it over).
     pub fn close(&mut self, fd: OwnedFd) {
+        self.detach(fd.as_fd());
         drop(fd);
         self.syscalls += 1;
     }
 
-    pub fn detach(&mut self, _fd: BorrowedFd<'_>) {}
+    /// Hands the kernel what names `fd` (and the cancellations of operations
+    /// on it) before the fd leaves the watcher: a non-blocking enter, which
+    /// also lets cancelled operations let go of the socket.
+    pub fn detach(&mut self, _fd: BorrowedFd<'_>) {
+        if self.ring.has_unsubmitted() {
+            // An error leaves them queued: the next wait submits them (and
+            // reports the error).
+            if self
+                .ring
+                .enter(Some(Duration::ZERO), false, &mut self.reaped)
+                .is_ok()
+            {
+                self.merge_reaped();
+            }
+        }
+    }
 
     #[inline]
     pub fn lent(&self, io: &IoState, dir: Direction) -> usize {
@@ -267,16 +285,23 @@ impl Driver {
     }
 
     pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
-        let wait = timeout != Some(Duration::ZERO);
+        // Completions reaped outside a wait (by `detach`/`close`) and not
+        // handed out yet need no sleep.
+        let wait = timeout != Some(Duration::ZERO) && self.cqes.is_empty();
         self.ring.enter(timeout, wait, &mut self.reaped)?;
+        self.merge_reaped();
+        Ok(!self.cqes.is_empty())
+    }
+
+    /// Queues what was just reaped behind the completions not handed out yet
+    /// (`next_event` pops from the back: oldest last in the vector).
+    fn merge_reaped(&mut self) {
         if self.reaped.is_empty() {
-            return Ok(!self.cqes.is_empty());
+            return;
         }
-        // `next_event` pops from the back: newest first in the vector.
         self.reaped.reverse();
         self.reaped.append(&mut self.cqes);
         std::mem::swap(&mut self.cqes, &mut self.reaped);
-        Ok(true)
     }
 
     pub fn has_unsubmitted(&mut self) -> bool {

@@ -733,12 +733,18 @@ impl<C> Core<C> {
 
     /// A result the driver reported later (an operation came back).
     fn got(&mut self, c: &mut ConnState<C>, slot: u32, got: Got) {
+        // An accept or connect that came back after its connection closed:
+        // its request ends `ConnClosed` (`progress` follows), an accepted fd
+        // closes. Bytes read are delivered: nothing taken from a socket is lost.
+        let over = |dir| c.head(dir).is_some_and(Req::is_doomed);
         match got {
             Got::Read(res) => self.read_done(c, slot, res),
             Got::Wrote(res) => self.wrote(c, slot, res),
+            Got::Accepted(_) if over(Direction::Read) => {}
             Got::Accepted(res) => {
                 self.accepted(c, slot, res);
             }
+            Got::Connected(_) if over(Direction::Write) => {}
             Got::Connected(res) => {
                 self.connected(c, slot, res);
             }
@@ -924,10 +930,10 @@ impl<C> Core<C> {
         );
     }
 
-    /// Closes the connection in `c` for the application: its `Conn` goes stale,
-    /// every pending request completes with `ConnClosed` — those an operation
-    /// holds once it comes back (cancelled here, without waiting) — and the fd
-    /// closes and the slot goes back to the allocator once nothing is held.
+    /// Closes the connection in `c`: its fd now, its `Conn` goes stale, every
+    /// pending request completes with `ConnClosed` — those an operation holds
+    /// once it comes back (cancelled here, without waiting) — and the slot goes
+    /// back to the allocator once nothing is held.
     fn close(&mut self, c: &mut ConnState<C>, slot: u32) {
         if !c.life.is_live() {
             return;
@@ -936,6 +942,11 @@ impl<C> Core<C> {
         let token = Token::of(conn);
         self.driver.cancel(&mut c.io, token, Direction::Read);
         self.driver.cancel(&mut c.io, token, Direction::Write);
+        // The fd closes now (the peer sees it go); operations still out hold
+        // their own reference to the socket in the kernel.
+        if let Some(fd) = c.fd.take() {
+            self.driver.close(fd);
+        }
         let p = c.parts();
         let (mut reads, mut writes) = (p.reads, p.writes);
         let pending = reads
@@ -993,16 +1004,13 @@ impl<C> Core<C> {
     }
 
     /// A retiring connection whose requests are all complete and that the
-    /// driver holds nothing of: its fd closes, its slot goes back.
+    /// driver holds nothing of: its slot goes back.
     fn retire(&mut self, c: &mut ConnState<C>, slot: u32) {
         if c.head(Direction::Read).is_some()
             || c.head(Direction::Write).is_some()
             || !c.io.is_idle()
         {
             return;
-        }
-        if let Some(fd) = c.fd.take() {
-            self.driver.close(fd);
         }
         debug_assert_eq!(c.queued, 0);
         c.retire(self.shared.slots.release(self.conn(slot, c.generation)));
