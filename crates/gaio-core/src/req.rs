@@ -70,6 +70,7 @@ pub(crate) enum Buf {
     Shared(Arc<[u8]>),
     /// Lent to the kernel by an operation in flight (io_uring): back with its
     /// completion.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Lent,
 }
 
@@ -202,6 +203,8 @@ impl<C> Req<C> {
         }
     }
 
+    // Used by completion drivers (io_uring) only.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     /// Lends the buffer to an operation (`None` for a swap-buffer read): the
     /// request waits in its queue, marked lent, until [`give_back`](Self::give_back).
     pub fn lend(&mut self) -> Option<Buf> {
@@ -214,6 +217,7 @@ impl<C> Req<C> {
         }
     }
 
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     /// The buffer an operation lent comes back.
     pub fn give_back(&mut self, buf: Buf) {
         debug_assert!(matches!(self.buf, Buf::Lent));

@@ -51,6 +51,7 @@ pub(crate) enum Step<T> {
 
 /// Where the bytes of a read landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // `Ring`: io_uring only
 pub(crate) enum Landed {
     /// In the request's own buffer.
     Own,
@@ -60,8 +61,10 @@ pub(crate) enum Landed {
     Ring(u16),
 }
 
-/// A result the kernel reported for a connection's head request.
+/// A result the kernel reported for a connection's head request (from a
+/// completion driver; a readiness driver's results are all `Step::Done`).
 #[derive(Debug)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) enum Got {
     Read(io::Result<(usize, Landed)>),
     Wrote(io::Result<usize>),
@@ -79,6 +82,7 @@ pub(crate) struct IoState {
     /// Operations in flight (`uring::op` bits).
     ops: u8,
     /// Queued writes the write in flight covers.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     wr_n: u8,
     /// Ids of the operations in flight that lent buffers (for cancelling).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]

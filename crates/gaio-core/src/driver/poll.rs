@@ -148,6 +148,7 @@ impl Driver {
                 (gaio_sys::read(fd, target), want, Landed::Own)
             }
             None => {
+                #[allow(irrefutable_let_patterns)] // kqueue systems have no ring
                 let SwapMem::Plain(mem) = &mut swap.mem else {
                     unreachable!("the readiness driver reads into a plain swap buffer")
                 };
