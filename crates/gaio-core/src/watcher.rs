@@ -5,7 +5,6 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use gaio_sys::Waker;
@@ -13,7 +12,7 @@ use gaio_sys::Waker;
 use crate::Backend;
 use crate::conn::WAKE_TOKEN;
 use crate::driver::{Driver, Swap, SwapMem, poll};
-use crate::engine::{Core, Done, DoneBuf, Engine, Trim, Trims};
+use crate::engine::{Done, DoneBuf, Engine, Trim, TurnState};
 use crate::queue::Shared;
 use crate::submit::{Local, Submitter};
 use crate::{Buffer, Completion, Conn, Error, Result, Stats};
@@ -239,12 +238,9 @@ impl<C> Builder<C> {
             batch: Vec::new(),
             batch_used: 0,
             batch_trim: Trim::default(),
-            trims: Trims::default(),
-            skipped_poll: false,
+            turn: TurnState::new(self.busy_poll),
             cpu: self.cpu,
             pinned_on: None,
-            busy_poll: self.busy_poll,
-            closed: false,
         };
         // Submitter::stats tells the backend from the start.
         w.shared.publish(&w.stats());
@@ -340,13 +336,11 @@ pub struct Watcher<C> {
     batch: Vec<Done<C>>,
     batch_used: usize,
     batch_trim: Trim,
-    trims: Trims,
-    skipped_poll: bool,
+    /// What the engine keeps from one turn to the next.
+    turn: TurnState,
     cpu: Option<usize>,
     /// The thread the watcher was last pinned on.
     pinned_on: Option<std::thread::ThreadId>,
-    busy_poll: Option<Duration>,
-    closed: bool,
 }
 
 impl<C> Watcher<C> {
@@ -436,7 +430,7 @@ impl<C> Watcher<C> {
     /// [`Error::WatcherClosed`]; [`Error::ForeignConn`] for a `Conn` of another
     /// watcher.
     pub fn free(&mut self, conn: Conn) -> Result<()> {
-        if self.closed {
+        if self.eng.get_mut().closed {
             return Err(Error::WatcherClosed);
         }
         if conn.watcher != self.shared.id {
@@ -471,7 +465,7 @@ impl<C> Watcher<C> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn free_all(&mut self) -> Result<()> {
-        if self.closed {
+        if self.eng.get_mut().closed {
             return Err(Error::WatcherClosed);
         }
         let eng = self.eng.get_mut();
@@ -556,11 +550,10 @@ impl<C> Watcher<C> {
     /// # Ok::<(), gaio_core::Error>(())
     /// ```
     pub fn close(&mut self) -> Result<()> {
-        if self.closed {
+        if self.eng.get_mut().closed {
             return Ok(());
         }
         self.eng.get_mut().driver.check_thread()?;
-        self.closed = true;
         let eng = self.eng.get_mut();
         eng.closed = true;
         let conns = eng.stats().conns;
@@ -587,76 +580,18 @@ impl<C> Watcher<C> {
     }
 
     fn wait(&mut self, until: Option<Instant>) -> Result<Completions<'_, C>> {
-        if self.closed {
+        if self.eng.get_mut().closed {
             return Err(Error::WatcherClosed);
         }
         self.eng.get_mut().driver.check_thread()?;
         self.pin()?;
-        let eng = self.eng.get_mut();
-        let swap = &mut self.swap;
         self.batch_trim.after(&mut self.batch, self.batch_used);
-        // The previous batch's borrow of the swap space has ended. Completions
-        // made since (a `free` between batches) may refer to it too: then it
-        // waits for the next call.
-        if eng.done.is_empty() {
-            eng.driver.recycle(swap);
-        }
-        eng.retry_swap_waiters(swap);
-        loop {
-            eng.tick();
-            if eng.remote_pending() {
-                eng.run_remote();
-            }
-            eng.run_dirty(swap);
-            eng.expire(swap);
-            eng.retry_backoff(swap);
-            if std::mem::take(&mut eng.woken) && eng.done.is_empty() {
-                break;
-            }
-            if !eng.done.is_empty() {
-                // Completions already: return them without a poll, but poll (without
-                // blocking) every other batch so readiness cannot starve, and
-                // whenever operations wait to be submitted (a completion driver),
-                // so they run while the application handles this batch.
-                let submit = eng.driver.has_unsubmitted();
-                if (self.skipped_poll || submit) && eng.poll_driver(Some(Duration::ZERO))? {
-                    eng.dispatch(swap);
-                }
-                self.skipped_poll = !self.skipped_poll;
-                break;
-            }
-            // Poll at least once per call, even when `until` has passed
-            // (`wait_io_timeout(ZERO)` is a non-blocking check, not a no-op).
-            let mut timeout = until.map(|u| u.saturating_duration_since(eng.now()));
-            if let Some(next) = eng.next_deadline() {
-                let d = next.saturating_duration_since(eng.now());
-                timeout = Some(timeout.map_or(d, |t| t.min(d)));
-            }
-            // Nothing of this batch refers to swap space yet (`done` is
-            // empty): reads that found none need not wait for the next call.
-            if eng.driver.recycle(swap) | eng.has_swap_waiters() {
-                eng.retry_swap_waiters(swap);
-                if !eng.done.is_empty() {
-                    continue;
-                }
-            }
-            if park(&mut eng.core, &mut self.trims, self.busy_poll, timeout)? {
-                eng.dispatch(swap);
-            }
-            self.skipped_poll = false;
-            eng.tick();
-            eng.expire(swap);
-            eng.retry_backoff(swap);
-            if !eng.done.is_empty() || until.is_some_and(|u| eng.now() >= u) {
-                break;
-            }
-        }
-        // Accepted connections are live before the batch announces them.
-        eng.install_accepted();
+        let eng = self.eng.get_mut();
+        eng.turn(&mut self.swap, until, &mut self.turn)?;
         std::mem::swap(&mut self.batch, &mut eng.done);
+        self.turn.handed_out(&mut eng.done, self.batch_used);
         // The batch owns the swap bytes it refers to until the next call.
-        swap.used = 0;
-        self.trims.done.after(&mut eng.done, self.batch_used);
+        self.swap.used = 0;
         self.batch_used = self.batch.len();
         self.shared.publish(&eng.stats());
         Ok(Completions {
@@ -665,47 +600,6 @@ impl<C> Watcher<C> {
             eng: &self.eng,
         })
     }
-}
-
-/// Polls, spinning first if busy-polling, parking in the poller otherwise; returns
-/// whether connections reported readiness.
-fn park<C>(
-    eng: &mut Core<C>,
-    trims: &mut Trims,
-    busy_poll: Option<Duration>,
-    timeout: Option<Duration>,
-) -> Result<bool> {
-    if timeout == Some(Duration::ZERO) {
-        return Ok(eng.poll_driver(timeout)?);
-    }
-    if let Some(spin) = busy_poll {
-        let spin = timeout.map_or(spin, |t| t.min(spin));
-        let start = Instant::now();
-        loop {
-            if eng.poll_driver(Some(Duration::ZERO))? {
-                return Ok(true);
-            }
-            if eng.remote_pending() {
-                return Ok(false);
-            }
-            if start.elapsed() >= spin {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-    }
-    eng.trim_idle(trims);
-    eng.shared.publish(&eng.stats());
-    // The watcher's half of the park handshake (see queue.rs): a submitter
-    // either sees `parked` and wakes us, or we see its command and do not block.
-    eng.shared.parked.store(true, Ordering::SeqCst);
-    if eng.remote_pending() {
-        eng.shared.parked.store(false, Ordering::Relaxed);
-        return Ok(false);
-    }
-    let res = eng.poll_driver(timeout);
-    eng.shared.parked.store(false, Ordering::Relaxed);
-    Ok(res?)
 }
 
 impl<C> Drop for Watcher<C> {

@@ -15,6 +15,7 @@
 
 mod table;
 mod timer;
+mod turn;
 
 use std::io;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ use crate::{Conn, Error, Op, Result, Stats};
 use table::ConnState;
 pub(crate) use table::{Life, Queue, Table};
 use timer::Timers;
+pub(crate) use turn::TurnState;
+use turn::WorkSet;
 
 /// `EPERM`, which epoll answers for fds it cannot watch (regular files): the same
 /// value on every unix, so gaio-core needs no libc for it.
@@ -112,10 +115,8 @@ pub(crate) struct Core<C> {
     /// Completions made since the last batch was handed out.
     pub done: Vec<Done<C>>,
     stats: Stats,
-    /// Connections whose swap read waits for the next batch's swap space.
-    swap_waiters: Vec<u32>,
-    /// Connections with requests (or a `free`) not tried yet.
-    pub dirty: Vec<u32>,
+    /// Connections with work outside an event this turn.
+    work: WorkSet,
     /// Commands taken from the cross-thread queue so far.
     pub drained: u64,
     /// A `Submitter::wake` arrived: return from `wait_io` even with no completions.
@@ -156,8 +157,7 @@ impl<C> Engine<C> {
                 timers: Timers::default(),
                 done: Vec::new(),
                 stats: Stats::default(),
-                swap_waiters: Vec::new(),
-                dirty: Vec::new(),
+                work: WorkSet::default(),
                 drained: 0,
                 woken: false,
                 now: None,
@@ -400,7 +400,7 @@ impl<C> Engine<C> {
     /// Tries every connection that got requests (or a `free`) since the last turn.
     pub fn run_dirty(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
-        let dirty = std::mem::take(&mut core.dirty);
+        let dirty = core.work.take_dirty();
         for &slot in &dirty {
             let Some(c) = table.get_mut(slot) else {
                 continue;
@@ -413,9 +413,8 @@ impl<C> Engine<C> {
         }
         // Keep the list's capacity (nothing was pushed meanwhile: progress and
         // close never dirty a connection).
-        debug_assert!(core.dirty.is_empty());
-        core.dirty = dirty;
-        core.dirty.clear();
+        debug_assert!(core.work.dirty_mut().is_empty());
+        WorkSet::put_back(core.work.dirty_mut(), dirty);
     }
 
     /// Handles what the last poll reported: for each event, the driver applies
@@ -439,11 +438,6 @@ impl<C> Engine<C> {
             }
             core.progress(c, token.slot, swap);
         }
-    }
-
-    /// Reads wait for swap space.
-    pub fn has_swap_waiters(&self) -> bool {
-        !self.swap_waiters.is_empty()
     }
 
     /// Completes every request whose deadline has passed. One an operation
@@ -494,20 +488,18 @@ impl<C> Engine<C> {
     /// Swap reads that waited for room try again.
     pub fn retry_swap_waiters(&mut self, swap: &mut Swap) {
         let Engine { table, core } = self;
-        if core.swap_waiters.is_empty() {
+        if !core.work.has_swap_waiters() {
             return;
         }
-        let mut waiters = std::mem::take(&mut core.swap_waiters);
+        let waiters = core.work.take_swap_waiters();
         for &slot in &waiters {
             if let Some(c) = table.get_mut(slot) {
                 c.swap_wait = false;
                 core.progress(c, slot, swap);
             }
         }
-        waiters.clear();
         // Reads that still found no room re-added themselves to the (new) list.
-        waiters.append(&mut core.swap_waiters);
-        core.swap_waiters = waiters;
+        WorkSet::put_back(core.work.swap_waiters_mut(), waiters);
     }
 
     /// Closes every fd but leaks every pending request: for a watcher dropped
@@ -530,8 +522,7 @@ impl<C> Engine<C> {
         let core = &mut self.core;
         core.shared.counts.closed(core.stats.conns as u64);
         core.done.clear();
-        core.swap_waiters.clear();
-        core.dirty.clear();
+        core.work.clear();
         core.timers = Timers::default();
         core.stats.conns = 0;
         core.stats.pending_reads = 0;
@@ -603,10 +594,7 @@ impl<C> Core<C> {
 
     #[inline]
     fn mark_dirty(&mut self, c: &mut ConnState<C>, slot: u32) {
-        if !c.dirty {
-            c.dirty = true;
-            self.dirty.push(slot);
-        }
+        self.work.mark_dirty(c, slot);
     }
 
     /// The one entry point that makes a connection progress: for the head
@@ -906,10 +894,7 @@ impl<C> Core<C> {
 
     /// A swap-buffer read waits for the next batch's swap space.
     fn wait_for_swap(&mut self, c: &mut ConnState<C>, slot: u32) {
-        if !c.swap_wait {
-            c.swap_wait = true;
-            self.swap_waiters.push(slot);
-        }
+        self.work.wait_for_swap(c, slot);
     }
 
     /// Completes `req` (out of its queue) with `result` and the bytes it moved;
@@ -1070,25 +1055,12 @@ impl<C> Core<C> {
             buf,
         });
     }
-
-    /// Gives back the memory of a burst when the watcher goes idle.
-    pub fn trim_idle(&mut self, trim: &mut Trims) {
-        trim.dirty.at_park(&mut self.dirty);
-        trim.done.at_park(&mut self.done);
-    }
 }
 
 /// Out of line: a request that failed is not the hot path.
 #[cold]
 fn trace_failure(conn: Conn, size: usize, e: &Error) {
     tracing::trace!(slot = conn.slot, size, error = %e, "gaio request failed");
-}
-
-/// The burst trims of the engine's working vectors.
-#[derive(Debug, Default)]
-pub(crate) struct Trims {
-    pub dirty: Trim,
-    pub done: Trim,
 }
 
 /// Gives back the memory of a burst: a batch vector keeps its capacity (so the
