@@ -296,7 +296,7 @@ impl<C> Engine<C> {
         if kind == Kind::Close {
             // Reads end now (a read an operation holds, when it comes back);
             // writes before the close still go out.
-            c.life = Life::Draining;
+            c.drain();
             c.queue(Direction::Read).iter_mut().for_each(Req::doom);
             core.driver
                 .cancel(&mut c.io, Token::of(conn), Direction::Read);
@@ -353,7 +353,7 @@ impl<C> Engine<C> {
             return;
         }
         if let Some(c) = table.live_mut(conn.slot, conn.generation) {
-            c.life = Life::Closing;
+            c.free();
             core.mark_dirty(c, conn.slot);
         }
     }
@@ -823,9 +823,7 @@ impl<C> Core<C> {
             self.close(c, slot);
             return false;
         }
-        if c.life == Life::Connecting {
-            c.life = Life::Open;
-        }
+        c.connected();
         true
     }
 
@@ -939,7 +937,7 @@ impl<C> Core<C> {
             .chain(writes.iter_mut())
             .map(Req::doom)
             .count();
-        c.life = Life::Retiring;
+        c.close();
         self.stats.conns -= 1;
         self.stats.freed += 1;
         self.shared.counts.closed(1);

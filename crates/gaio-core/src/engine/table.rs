@@ -184,6 +184,32 @@ impl<C> ConnState<C> {
         self.socket = socket;
     }
 
+    /// A graceful close was queued: reads are over (live → `Draining`).
+    pub fn drain(&mut self) {
+        debug_assert!(self.life.is_live());
+        self.life = Life::Draining;
+    }
+
+    /// Freed: it closes at the next turn (live → `Closing`).
+    pub fn free(&mut self) {
+        debug_assert!(self.life.is_live());
+        self.life = Life::Closing;
+    }
+
+    /// Its nonblocking connect finished (`Connecting` → `Open`).
+    pub fn connected(&mut self) {
+        if self.life == Life::Connecting {
+            self.life = Life::Open;
+        }
+    }
+
+    /// Closed for the application, operations may still be out (live →
+    /// `Retiring`); [`retire`](Self::retire) ends it.
+    pub fn close(&mut self) {
+        debug_assert!(self.life.is_live());
+        self.life = Life::Retiring;
+    }
+
     /// The connection's queue in `dir`.
     pub fn queue(&mut self, dir: Direction) -> Queue<'_, C> {
         let (head, rest) = match dir {
