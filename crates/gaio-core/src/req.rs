@@ -140,12 +140,22 @@ pub(crate) enum Step {
 impl<C> Req<C> {
     #[inline]
     pub fn new(buf: Buf, ctx: C, kind: Kind) -> Req<C> {
-        debug_assert!(check_buf(&buf, kind).is_ok());
         Req {
             buf,
             ctx,
             done: 0,
             meta: ((kind as u32) << KIND_SHIFT) | NO_TIMER,
+        }
+    }
+
+    /// The same request with its context replaced by `f(ctx)`.
+    #[inline]
+    pub fn map_ctx<D>(self, f: impl FnOnce(C) -> D) -> Req<D> {
+        Req {
+            buf: self.buf,
+            ctx: f(self.ctx),
+            done: self.done,
+            meta: self.meta,
         }
     }
 

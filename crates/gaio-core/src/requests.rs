@@ -23,9 +23,8 @@ use crate::{Conn, Result};
 /// same code.
 #[derive(Debug)]
 pub struct Request<C> {
-    kind: Kind,
-    ctx: C,
-    buf: Buf,
+    /// Already in the engine's form: handing it on moves it once.
+    req: Req<C>,
     deadline: Option<Instant>,
 }
 
@@ -33,9 +32,7 @@ impl<C> Request<C> {
     #[inline]
     pub(crate) fn new(kind: Kind, ctx: C, buf: Buf, deadline: Option<Instant>) -> Request<C> {
         Request {
-            kind,
-            ctx,
-            buf,
+            req: Req::new(buf, ctx, kind),
             deadline,
         }
     }
@@ -74,9 +71,7 @@ impl<C> Request<C> {
     #[inline]
     pub fn map_ctx<D>(self, f: impl FnOnce(C) -> D) -> Request<D> {
         Request {
-            kind: self.kind,
-            ctx: f(self.ctx),
-            buf: self.buf,
+            req: self.req.map_ctx(f),
             deadline: self.deadline,
         }
     }
@@ -84,13 +79,13 @@ impl<C> Request<C> {
     /// Refuses what can never complete (see `check_buf`).
     #[inline]
     pub(crate) fn check(&self) -> Result<()> {
-        check_buf(&self.buf, self.kind)
+        check_buf(&self.req.buf, self.req.kind())
     }
 
     /// The engine's form of the request, and its deadline.
     #[inline]
     pub(crate) fn into_req(self) -> (Req<C>, Option<Instant>) {
-        (Req::new(self.buf, self.ctx, self.kind), self.deadline)
+        (self.req, self.deadline)
     }
 }
 

@@ -262,6 +262,15 @@ impl Driver {
         each!(self, d => d.detach(fd))
     }
 
+    /// Whether a step in `dir` could do anything now: `false` when the fd is
+    /// known not ready (readiness) or an operation in `dir` is out
+    /// (completion), so a new transfer request need not be tried before the
+    /// driver reports.
+    #[inline]
+    pub fn may_step(&self, io: &IoState, dir: Direction) -> bool {
+        each!(self, d => d.may_step(io, dir))
+    }
+
     /// How many requests at the front of `dir`'s queue an operation holds.
     #[inline]
     pub fn lent(&self, io: &IoState, dir: Direction) -> usize {

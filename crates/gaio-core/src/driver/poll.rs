@@ -289,6 +289,11 @@ impl Driver {
     }
 
     #[inline]
+    pub fn may_step(&self, io: &IoState, dir: Direction) -> bool {
+        io.ready.is_ready(dir)
+    }
+
+    #[inline]
     pub fn lent(&self, _io: &IoState, _dir: Direction) -> usize {
         0
     }

@@ -251,6 +251,15 @@ impl Driver {
     }
 
     #[inline]
+    pub fn may_step(&self, io: &IoState, dir: Direction) -> bool {
+        let mask = match dir {
+            Direction::Read => op::READS,
+            Direction::Write => op::WRITES,
+        };
+        io.ops & mask == 0
+    }
+
+    #[inline]
     pub fn lent(&self, io: &IoState, dir: Direction) -> usize {
         match dir {
             Direction::Read => usize::from(io.ops & op::HOLD_READ != 0),

@@ -302,7 +302,15 @@ impl<C> Engine<C> {
                 .cancel(&mut c.io, Token::of(conn), Direction::Read);
         }
         c.push(dir, req);
-        core.mark_dirty(c, conn.slot);
+        // A transfer the driver cannot start now is tried when it reports
+        // (readiness, or the operation out in that direction coming back).
+        let transfer = matches!(
+            kind,
+            Kind::Read | Kind::ReadFull | Kind::Write | Kind::Accept
+        );
+        if !transfer || core.driver.may_step(&c.io, dir) {
+            core.mark_dirty(c, conn.slot);
+        }
         Ok(())
     }
 
