@@ -28,12 +28,12 @@ pub(crate) mod uring;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::Backend;
 use crate::conn::Token;
-use crate::engine::Queue;
+use crate::engine::{Parts, Queue};
 use crate::req::{Direction, Req};
 
 /// What a transfer step did.
@@ -72,6 +72,28 @@ pub(crate) enum Got {
     Connected(io::Result<()>),
     /// A swap-buffer read found the swap space used up.
     NoRoom,
+}
+
+/// The connection a transfer step is for, as a driver sees it.
+#[derive(Debug)]
+pub(crate) struct On<'a> {
+    pub io: &'a mut IoState,
+    pub fd: BorrowedFd<'a>,
+    /// A socket is written with `send` (no `SIGPIPE`), anything else with `write`.
+    pub socket: bool,
+    pub token: Token,
+}
+
+impl<'a> On<'a> {
+    #[inline]
+    pub fn new(io: &'a mut IoState, fd: BorrowedFd<'a>, socket: bool, token: Token) -> On<'a> {
+        On {
+            io,
+            fd,
+            socket,
+            token,
+        }
+    }
 }
 
 /// What a driver keeps per connection, inline in its slot: readiness for a
@@ -208,56 +230,47 @@ impl Driver {
     #[inline]
     pub fn read<C>(
         &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        socket: bool,
-        token: Token,
+        on: On<'_>,
         req: &mut Req<C>,
         swap: &mut Swap,
     ) -> Step<(usize, Landed)> {
-        each!(self, d => d.read(io, fd, socket, token, req, swap))
+        each!(self, d => d.read(on, req, swap))
     }
 
     /// One write step for the writes at the front of `q` (coalesced: as many
     /// as one system call takes). `Done(n)`: `n` bytes of them went out.
     #[inline]
-    pub fn write<C>(
-        &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        socket: bool,
-        token: Token,
-        q: &mut Queue<'_, C>,
-    ) -> Step<usize> {
-        each!(self, d => d.write(io, fd, socket, token, q))
+    pub fn write<C>(&mut self, on: On<'_>, q: &mut Queue<'_, C>) -> Step<usize> {
+        each!(self, d => d.write(on, q))
     }
 
     /// One accept on a listener.
-    pub fn accept(
-        &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        token: Token,
-    ) -> Step<(OwnedFd, Option<SocketAddr>)> {
-        each!(self, d => d.accept(io, fd, token))
+    pub fn accept(&mut self, on: On<'_>) -> Step<(OwnedFd, Option<SocketAddr>)> {
+        each!(self, d => d.accept(on))
     }
 
     /// Whether a nonblocking connect has finished, and how.
-    pub fn connect(&mut self, io: &mut IoState, fd: BorrowedFd<'_>, token: Token) -> Step<()> {
-        each!(self, d => d.connect(io, fd, token))
+    pub fn connect(&mut self, on: On<'_>) -> Step<()> {
+        each!(self, d => d.connect(on))
     }
 
-    /// Shuts the write side down (every write before it is out).
+    /// Shuts the write side down (every write before it is out): a plain
+    /// system call on every backend.
     pub fn shutdown(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        each!(self, d => d.shutdown(fd))
+        each!(self, d => d.count_syscall());
+        gaio_sys::shutdown_write(fd)
     }
 
-    /// Closes a connection's fd (nothing of the driver's refers to it).
+    /// Closes a connection's fd, once the driver lets go of it
+    /// ([`detach`](Self::detach)).
     pub fn close(&mut self, fd: OwnedFd) {
-        each!(self, d => d.close(fd))
+        self.detach(fd.as_fd());
+        drop(fd);
+        each!(self, d => d.count_syscall());
     }
 
-    /// Stops reporting on an fd handed back to the application.
+    /// Stops reporting on an fd leaving the watcher (closed, or handed back to
+    /// the application); nothing queued in the driver names it afterwards.
     pub fn detach(&mut self, fd: BorrowedFd<'_>) {
         each!(self, d => d.detach(fd))
     }
@@ -303,19 +316,11 @@ impl Driver {
     }
 
     /// Applies an event to its connection: readiness, or an operation's result
-    /// with the requests it held handed back to their queues (`reads`,
-    /// `writes`). A result for the engine comes back as [`Got`].
+    /// with the requests it held handed back to their queues. A result for the
+    /// engine comes back as [`Got`].
     #[inline]
-    pub fn apply<C>(
-        &mut self,
-        io: &mut IoState,
-        fd: Option<BorrowedFd<'_>>,
-        ev: Event,
-        reads: &mut Queue<'_, C>,
-        writes: &mut Queue<'_, C>,
-        swap: &mut Swap,
-    ) -> Option<Got> {
-        each!(self, d => d.apply(io, fd, ev, reads, writes, swap))
+    pub fn apply<C>(&mut self, c: &mut Parts<'_, C>, ev: Event, swap: &mut Swap) -> Option<Got> {
+        each!(self, d => d.apply(c, ev, swap))
     }
 
     /// Lends the kernel again the swap space of batches that are over (call

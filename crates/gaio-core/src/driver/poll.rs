@@ -5,15 +5,15 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use gaio_sys::{Events, IOV_MAX, Poller};
 
-use super::{Event, Got, IoState, Landed, Step, Swap, SwapMem};
+use super::{Event, Got, IoState, Landed, On, Step, Swap, SwapMem};
 use crate::Backend;
 use crate::conn::{Token, WAKE_TOKEN};
-use crate::engine::Queue;
+use crate::engine::{Parts, Queue};
 use crate::req::{Direction, Req};
 
 /// Readiness cached from edge-triggered events, cleared when an attempt finds the
@@ -132,13 +132,11 @@ impl Driver {
     #[inline]
     pub fn read<C>(
         &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        _socket: bool,
-        _token: Token,
+        on: On<'_>,
         req: &mut Req<C>,
         swap: &mut Swap,
     ) -> Step<(usize, Landed)> {
+        let (io, fd) = (on.io, on.fd);
         if !io.ready.is_ready(Direction::Read) {
             return Step::Later;
         }
@@ -183,14 +181,8 @@ impl Driver {
     /// Writes the writes at the front of `q` in one `send`/`write`, or
     /// `sendmsg`/`writev` when several are queued (up to `IOV_MAX`).
     #[inline]
-    pub fn write<C>(
-        &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        socket: bool,
-        _token: Token,
-        q: &mut Queue<'_, C>,
-    ) -> Step<usize> {
+    pub fn write<C>(&mut self, on: On<'_>, q: &mut Queue<'_, C>) -> Step<usize> {
+        let (io, fd, socket) = (on.io, on.fd, on.socket);
         if !io.ready.is_ready(Direction::Write) {
             return Step::Later;
         }
@@ -229,12 +221,8 @@ impl Driver {
     }
 
     #[cold]
-    pub fn accept(
-        &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        _token: Token,
-    ) -> Step<(OwnedFd, Option<SocketAddr>)> {
+    pub fn accept(&mut self, on: On<'_>) -> Step<(OwnedFd, Option<SocketAddr>)> {
+        let (io, fd) = (on.io, on.fd);
         if !io.ready.is_ready(Direction::Read) {
             return Step::Later;
         }
@@ -249,7 +237,8 @@ impl Driver {
     }
 
     #[cold]
-    pub fn connect(&mut self, io: &mut IoState, fd: BorrowedFd<'_>, _token: Token) -> Step<()> {
+    pub fn connect(&mut self, on: On<'_>) -> Step<()> {
+        let (io, fd) = (on.io, on.fd);
         if !io.ready.is_ready(Direction::Write) {
             return Step::Later;
         }
@@ -269,15 +258,8 @@ impl Driver {
         })
     }
 
-    #[cold]
-    pub fn shutdown(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.syscalls += 1;
-        gaio_sys::shutdown_write(fd)
-    }
-
-    pub fn close(&mut self, fd: OwnedFd) {
-        self.detach(fd.as_fd());
-        drop(fd);
+    /// A system call made on the driver's behalf (shutdown, close).
+    pub fn count_syscall(&mut self) {
         self.syscalls += 1;
     }
 
@@ -330,18 +312,10 @@ impl Driver {
     }
 
     #[inline]
-    pub fn apply<C>(
-        &mut self,
-        io: &mut IoState,
-        _fd: Option<BorrowedFd<'_>>,
-        ev: Event,
-        _reads: &mut Queue<'_, C>,
-        _writes: &mut Queue<'_, C>,
-        _swap: &mut Swap,
-    ) -> Option<Got> {
+    pub fn apply<C>(&mut self, c: &mut Parts<'_, C>, ev: Event, _swap: &mut Swap) -> Option<Got> {
         #[allow(irrefutable_let_patterns)]
         if let Event::Ready(r) = ev {
-            io.ready.add(r);
+            c.io.ready.add(r);
         }
         None
     }

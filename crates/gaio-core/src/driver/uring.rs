@@ -31,10 +31,10 @@ use std::time::Duration;
 use gaio_sys::IOV_MAX;
 use gaio_sys::uring::{self, Cqe, OpId, Ring};
 
-use super::{Event, Got, IoState, Landed, Step, Swap, SwapMem};
+use super::{Event, Got, IoState, Landed, On, Step, Swap, SwapMem};
 use crate::Backend;
 use crate::conn::Token;
-use crate::engine::Queue;
+use crate::engine::{Parts, Queue};
 use crate::req::{Buf, Direction, Req};
 
 /// The operations a connection can have in flight, one bit each (at most one
@@ -139,13 +139,11 @@ impl Driver {
     #[inline]
     pub fn read<C>(
         &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        socket: bool,
-        token: Token,
+        on: On<'_>,
         req: &mut Req<C>,
         _swap: &mut Swap,
     ) -> Step<(usize, Landed)> {
+        let (io, fd, socket, token) = (on.io, on.fd, on.socket, on.token);
         if io.ops & op::READS != 0 {
             return Step::Later;
         }
@@ -167,14 +165,8 @@ impl Driver {
     }
 
     #[inline]
-    pub fn write<C>(
-        &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        socket: bool,
-        token: Token,
-        q: &mut Queue<'_, C>,
-    ) -> Step<usize> {
+    pub fn write<C>(&mut self, on: On<'_>, q: &mut Queue<'_, C>) -> Step<usize> {
+        let (io, fd, socket, token) = (on.io, on.fd, on.socket, on.token);
         if io.ops & op::WRITES != 0 {
             return Step::Later;
         }
@@ -197,12 +189,8 @@ impl Driver {
     }
 
     #[cold]
-    pub fn accept(
-        &mut self,
-        io: &mut IoState,
-        fd: BorrowedFd<'_>,
-        token: Token,
-    ) -> Step<(OwnedFd, Option<SocketAddr>)> {
+    pub fn accept(&mut self, on: On<'_>) -> Step<(OwnedFd, Option<SocketAddr>)> {
+        let On { io, fd, token, .. } = on;
         if io.ops & op::READS == 0 {
             self.ring.accept(fd, user_data(op::ACCEPT, token));
             io.ops |= op::ACCEPT;
@@ -211,7 +199,8 @@ impl Driver {
     }
 
     #[cold]
-    pub fn connect(&mut self, io: &mut IoState, fd: BorrowedFd<'_>, token: Token) -> Step<()> {
+    pub fn connect(&mut self, on: On<'_>) -> Step<()> {
+        let On { io, fd, token, .. } = on;
         if io.ops & op::WRITES == 0 {
             self.ring.poll(fd, true, user_data(op::CONNECT, token));
             io.ops |= op::CONNECT;
@@ -219,22 +208,14 @@ impl Driver {
         Step::Later
     }
 
-    #[cold]
-    pub fn shutdown(&mut self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        self.syscalls += 1;
-        gaio_sys::shutdown_write(fd)
-    }
-
-    /// Closes `fd` once no submission still to be handed to the kernel names
-    /// it (they name the fd by number: a later file could take it over).
-    pub fn close(&mut self, fd: OwnedFd) {
-        self.detach(fd.as_fd());
-        drop(fd);
+    /// A system call made on the driver's behalf (shutdown, close).
+    pub fn count_syscall(&mut self) {
         self.syscalls += 1;
     }
 
     /// Hands the kernel what names `fd` (and the cancellations of operations
-    /// on it) before the fd leaves the watcher: a non-blocking enter, which
+    /// on it) before the fd leaves the watcher — submissions name fds by
+    /// number, which a later file could take over: a non-blocking enter, which
     /// also lets cancelled operations let go of the socket.
     pub fn detach(&mut self, _fd: BorrowedFd<'_>) {
         if self.ring.has_unsubmitted() {
@@ -327,15 +308,15 @@ impl Driver {
     /// Applies one completion: the requests its operation held get their
     /// buffers back, and the result goes to the engine.
     #[inline]
-    pub fn apply<C>(
-        &mut self,
-        io: &mut IoState,
-        fd: Option<BorrowedFd<'_>>,
-        ev: Event,
-        reads: &mut Queue<'_, C>,
-        writes: &mut Queue<'_, C>,
-        swap: &mut Swap,
-    ) -> Option<Got> {
+    pub fn apply<C>(&mut self, c: &mut Parts<'_, C>, ev: Event, swap: &mut Swap) -> Option<Got> {
+        let Parts {
+            io,
+            fd,
+            reads,
+            writes,
+            ..
+        } = c;
+        let fd = *fd;
         let Event::Done(mut cqe) = ev else {
             return None;
         };

@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use gaio_sys::{AcceptError, FdKind};
 
 use crate::conn::Token;
-use crate::driver::{Driver, Got, Landed, Step, Swap};
+use crate::driver::{Driver, Got, Landed, On, Step, Swap};
 use crate::queue::{Cmd, Shared};
 use crate::req::{Buf, Direction, EXPIRED, Kind, NO_TIMER, Req, Step as ReadStep};
 use crate::{Conn, Error, Op, Result, Stats};
 
 use table::ConnState;
-pub(crate) use table::{Life, Queue, Table};
+pub(crate) use table::{Life, Parts, Queue, Table};
 use timer::Timers;
 pub(crate) use turn::TurnState;
 use turn::WorkSet;
@@ -436,11 +436,7 @@ impl<C> Engine<C> {
             else {
                 continue; // an event for a closed (or not yet installed) connection
             };
-            let p = c.parts();
-            let (mut reads, mut writes) = (p.reads, p.writes);
-            let got = core
-                .driver
-                .apply(p.io, p.fd, ev, &mut reads, &mut writes, swap);
+            let got = core.driver.apply(&mut c.parts(), ev, swap);
             if let Some(got) = got {
                 core.got(c, token.slot, got);
             }
@@ -471,10 +467,7 @@ impl<C> Engine<C> {
             tracing::trace!(slot = t.slot, dir = ?t.dir, "gaio deadline");
             if pos < lent {
                 req.set_timer(EXPIRED);
-                let token = Token {
-                    slot: t.slot,
-                    generation: t.generation,
-                };
+                let token = c.token(t.slot);
                 core.driver.cancel(&mut c.io, token, t.dir);
                 continue;
             }
@@ -625,26 +618,40 @@ impl<C> Core<C> {
         }
     }
 
+    /// The kind of `dir`'s head request if the driver should take a step for
+    /// it; else (`Err`) whether to try again: no head, an operation holds it,
+    /// or it was over and has just completed.
+    #[inline(always)]
+    fn head_to_step(
+        &mut self,
+        c: &mut ConnState<C>,
+        slot: u32,
+        dir: Direction,
+    ) -> std::result::Result<Kind, bool> {
+        let Some(head) = c.head(dir) else {
+            return Err(false);
+        };
+        if self.driver.lent(&c.io, dir) > 0 {
+            return Err(false);
+        }
+        if head.is_doomed() || head.is_expired() {
+            return Err(self.end_over(c, slot, dir));
+        }
+        Ok(head.kind())
+    }
+
     /// One step for the head read request; whether to try again.
     #[inline(always)]
     fn read_step(&mut self, c: &mut ConnState<C>, slot: u32, swap: &mut Swap) -> bool {
-        let Some(head) = c.head(Direction::Read) else {
-            return false;
+        let kind = match self.head_to_step(c, slot, Direction::Read) {
+            Ok(kind) => kind,
+            Err(again) => return again,
         };
-        if self.driver.lent(&c.io, Direction::Read) > 0 {
-            return false;
-        }
-        if head.is_doomed() || head.is_expired() {
-            return self.end_over(c, slot, Direction::Read);
-        }
         if !matches!(c.life, Life::Open | Life::Draining | Life::Closing) {
             return false;
         }
-        let token = Token {
-            slot,
-            generation: c.generation,
-        };
-        if head.kind() == Kind::Accept {
+        let token = c.token(slot);
+        if kind == Kind::Accept {
             if self
                 .backoff
                 .iter()
@@ -654,7 +661,8 @@ impl<C> Core<C> {
             }
             let p = c.parts();
             let Some(fd) = p.fd else { return false };
-            return match self.driver.accept(p.io, fd, token) {
+            let on = On::new(p.io, fd, p.socket, token);
+            return match self.driver.accept(on) {
                 Step::Done(res) => self.accepted(c, slot, res),
                 _ => false,
             };
@@ -663,7 +671,8 @@ impl<C> Core<C> {
         let (Some(fd), Some(head)) = (p.fd, p.reads.head.as_mut()) else {
             return false;
         };
-        match self.driver.read(p.io, fd, p.socket, token, head, swap) {
+        let on = On::new(p.io, fd, p.socket, token);
+        match self.driver.read(on, head, swap) {
             Step::Done(res) => {
                 self.read_done(c, slot, res);
                 true
@@ -681,33 +690,25 @@ impl<C> Core<C> {
     /// behind earlier writes. Returns whether to try again.
     #[inline(always)]
     fn write_step(&mut self, c: &mut ConnState<C>, slot: u32) -> bool {
-        let Some(head) = c.head(Direction::Write) else {
-            return false;
+        let kind = match self.head_to_step(c, slot, Direction::Write) {
+            Ok(kind) => kind,
+            Err(again) => return again,
         };
-        if self.driver.lent(&c.io, Direction::Write) > 0 {
-            return false;
-        }
-        if head.is_doomed() || head.is_expired() {
-            return self.end_over(c, slot, Direction::Write);
-        }
-        let token = Token {
-            slot,
-            generation: c.generation,
-        };
-        let kind = head.kind();
+        let token = c.token(slot);
         let mut p = c.parts();
         let Some(fd) = p.fd else {
             return false;
         };
+        let on = On::new(p.io, fd, p.socket, token);
         match kind {
-            Kind::Write => match self.driver.write(p.io, fd, p.socket, token, &mut p.writes) {
+            Kind::Write => match self.driver.write(on, &mut p.writes) {
                 Step::Done(res) => {
                     self.wrote(c, slot, res);
                     true
                 }
                 _ => false,
             },
-            Kind::Connect => match self.driver.connect(p.io, fd, token) {
+            Kind::Connect => match self.driver.connect(on) {
                 Step::Done(res) => self.connected(c, slot, res),
                 _ => false,
             },

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::Conn;
+use crate::conn::Token;
 use crate::driver::IoState;
 use crate::req::{Direction, Kind, Req};
 
@@ -182,6 +183,15 @@ impl<C> ConnState<C> {
             Life::Open
         };
         self.socket = socket;
+    }
+
+    /// The token of the connection in slot `slot` (this one).
+    #[inline]
+    pub fn token(&self, slot: u32) -> Token {
+        Token {
+            slot,
+            generation: self.generation,
+        }
     }
 
     /// A graceful close was queued: reads are over (live → `Draining`).
