@@ -3,9 +3,11 @@
 //! Not an example of how to use gaio.
 //!
 //! Multishot accept; multishot receive into a ring of 4,096 provided buffers of
-//! 4 KiB (the kernel picks one per receive, so an idle connection holds none);
-//! one send in flight per connection, straight from the provided buffer when
-//! nothing else is waiting (else the bytes queue in the connection's Vec);
+//! 4 KiB (the kernel picks one per receive, so an idle connection holds none;
+//! gaio-sys's `Buffers`, registered on this loop's own ring); one send in
+//! flight per connection, straight from the provided buffer when nothing else
+//! is waiting (the buffer lent again once the send completes), else the bytes
+//! queue in the connection's Vec;
 //! `SINGLE_ISSUER` + `DEFER_TASKRUN` when the kernel has them. One
 //! `io_uring_enter` per loop turn submits everything and waits for completions.
 //!
@@ -31,15 +33,16 @@ fn main() {
 #[cfg(target_os = "linux")]
 mod linux {
     use std::io::Write;
+    use std::mem::ManuallyDrop;
     use std::net::TcpListener;
     use std::os::fd::{AsRawFd, RawFd};
-    use std::sync::atomic::{AtomicU16, Ordering};
 
-    use io_uring::types::{BufRingEntry, Fd};
+    use gaio_sys::uring::Buffers;
+    use io_uring::types::Fd;
     use io_uring::{IoUring, cqueue, opcode, squeue};
 
     const BUFS: u16 = 4096;
-    const BUF_LEN: usize = 4096;
+    const BUF_LEN: u32 = 4096;
     const GROUP: u16 = 0;
 
     const ACCEPT: u64 = 1;
@@ -60,74 +63,9 @@ mod linux {
         )
     }
 
-    /// The provided-buffer ring: entries the kernel reads, buffers it fills.
-    struct BufRing {
-        entries: *mut BufRingEntry,
-        bufs: Vec<u8>,
-        tail: u16,
-    }
-
-    impl BufRing {
-        fn new() -> std::io::Result<BufRing> {
-            let size = usize::from(BUFS) * std::mem::size_of::<BufRingEntry>();
-            // SAFETY: an anonymous private mapping; checked for failure below.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut r = BufRing {
-                entries: p.cast(),
-                bufs: vec![0; usize::from(BUFS) * BUF_LEN],
-                tail: 0,
-            };
-            for bid in 0..BUFS {
-                r.give(bid);
-            }
-            r.publish();
-            Ok(r)
-        }
-
-        /// Puts buffer `bid` back at the tail (visible to the kernel once
-        /// published).
-        fn give(&mut self, bid: u16) {
-            let i = usize::from(self.tail & (BUFS - 1));
-            // SAFETY: `i` < BUFS, inside the mapping; the kernel only reads
-            // entries between its head and the published tail, and this one is
-            // past the published tail.
-            let e = unsafe { &mut *self.entries.add(i) };
-            // SAFETY: bid < BUFS, so the offset is inside `bufs`.
-            e.set_addr(unsafe { self.bufs.as_ptr().add(usize::from(bid) * BUF_LEN) } as u64);
-            e.set_len(BUF_LEN as u32);
-            e.set_bid(bid);
-            self.tail = self.tail.wrapping_add(1);
-        }
-
-        fn publish(&self) {
-            // SAFETY: the tail field overlays entry 0's reserved field, as the
-            // kernel ABI defines; written with release ordering as liburing does.
-            unsafe {
-                let tail = BufRingEntry::tail(self.entries).cast_mut();
-                (*tail.cast::<AtomicU16>()).store(self.tail, Ordering::Release);
-            }
-        }
-
-        fn buf(&self, bid: u16, len: usize) -> &[u8] {
-            let at = usize::from(bid) * BUF_LEN;
-            &self.bufs[at..at + len]
-        }
-    }
-
     enum Sending {
-        /// Straight from provided buffer `bid`, bytes `at..len`.
+        /// Straight from provided buffer `bid` (kept: `Buffers::take`, given
+        /// back when the send completes), bytes `at..len`.
         Ring { bid: u16, at: usize, len: usize },
         /// From the connection's own bytes, `at..`.
         Owned { v: Vec<u8>, at: usize },
@@ -147,7 +85,8 @@ mod linux {
 
     struct Loop {
         ring: IoUring,
-        bufs: BufRing,
+        /// Registered on `ring` as group `GROUP`; never dropped (see `main`).
+        bufs: ManuallyDrop<Buffers>,
         conns: Vec<Conn>,
         /// Connections whose receive ended for want of buffers.
         starved: Vec<RawFd>,
@@ -156,8 +95,11 @@ mod linux {
     impl Loop {
         fn push(&mut self, sqe: &squeue::Entry) {
             loop {
-                // SAFETY: every buffer an SQE points at (provided buffers, a
-                // connection's Vec) stays alive and unmoved until its CQE.
+                // SAFETY: every buffer an SQE points at stays alive and unmoved
+                // until its CQE: a provided buffer a send reads is kept
+                // (`Buffers::take`) until that send's CQE and the buffers are
+                // never freed; a connection's Vec in `Sending::Owned` is neither
+                // touched nor dropped before the send's CQE (`on_send`).
                 if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                     return;
                 }
@@ -179,8 +121,10 @@ mod linux {
         fn send(&mut self, fd: RawFd) {
             let c = &self.conns[fd as usize];
             let (ptr, len) = match &c.sending {
+                // Kept (`take`) until this send's completion, so `recycle`
+                // does not lend it to the kernel while the send reads it.
                 Some(Sending::Ring { bid, at, len }) => {
-                    (self.bufs.buf(*bid, *len)[*at..].as_ptr(), len - at)
+                    (self.bufs.bytes(*bid, *len)[*at..].as_ptr(), len - at)
                 }
                 Some(Sending::Owned { v, at }) => (v[*at..].as_ptr(), v.len() - at),
                 None => return,
@@ -246,7 +190,7 @@ mod linux {
             }
             if res <= 0 {
                 if let Some(bid) = bid {
-                    self.bufs.give(bid);
+                    self.bufs.filled(bid);
                 }
                 if res == -libc::ENOBUFS {
                     self.starved.push(fd); // re-armed once buffers come back
@@ -259,11 +203,12 @@ mod linux {
             let bid = bid.expect("a receive with data names its buffer");
             let len = res as usize;
             if c.sending.is_none() {
+                self.bufs.take(bid);
                 c.sending = Some(Sending::Ring { bid, at: 0, len });
                 self.send(fd);
             } else {
-                c.queued.extend_from_slice(self.bufs.buf(bid, len));
-                self.bufs.give(bid);
+                self.bufs.filled(bid);
+                c.queued.extend_from_slice(self.bufs.bytes(bid, len));
             }
             if !more && !self.conns[fd as usize].done {
                 self.arm_recv(fd);
@@ -274,7 +219,7 @@ mod linux {
             let c = &mut self.conns[fd as usize];
             if res < 0 {
                 if let Some(Sending::Ring { bid, .. }) = c.sending.take() {
-                    self.bufs.give(bid);
+                    self.bufs.give_back(bid);
                 }
                 c.done = true;
                 self.maybe_close(fd);
@@ -297,7 +242,7 @@ mod linux {
                 return;
             }
             match c.sending.take() {
-                Some(Sending::Ring { bid, .. }) => self.bufs.give(bid),
+                Some(Sending::Ring { bid, .. }) => self.bufs.give_back(bid),
                 Some(Sending::Owned { mut v, .. }) => {
                     // Keep the allocation for the next backlog.
                     v.clear();
@@ -342,14 +287,12 @@ mod linux {
                 .build(4096)
                 .or_else(|_| IoUring::builder().setup_cqsize(16 * 1024).build(4096))?
         };
-        let bufs = BufRing::new()?;
-        // SAFETY: the entries stay mapped (never unmapped) and the buffers
-        // alive (owned by `bufs`, moved into the loop, never resized) for as
-        // long as the ring exists.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.entries as u64, BUFS, GROUP, 0)?;
-        }
+        // SAFETY: the buffers are never dropped (`ManuallyDrop`, and the loop
+        // ends only when the process does), so the kernel can never write
+        // into them after they are freed.
+        let bufs = ManuallyDrop::new(unsafe {
+            Buffers::register(&ring.submitter(), GROUP, BUFS, BUF_LEN)?
+        });
         println!("listening on {}", listener.local_addr()?);
         std::io::stdout().flush()?;
 
@@ -376,7 +319,6 @@ mod linux {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
-            let given = lp.bufs.tail;
             for &(data, res, flags) in &done {
                 let (kind, fd, generation) = untag(data);
                 if kind == ACCEPT {
@@ -390,7 +332,7 @@ mod linux {
                 if !live {
                     // A late completion of a closed connection: only its buffer matters.
                     if let Some(bid) = cqueue::buffer_select(flags) {
-                        lp.bufs.give(bid);
+                        lp.bufs.filled(bid);
                     }
                     continue;
                 }
@@ -401,8 +343,7 @@ mod linux {
                 }
             }
             done.clear();
-            if lp.bufs.tail != given {
-                lp.bufs.publish();
+            if lp.bufs.recycle() {
                 for fd in std::mem::take(&mut lp.starved) {
                     let c = &lp.conns[fd as usize];
                     if c.open && !c.recv_armed && !c.done {

@@ -19,7 +19,14 @@
 //! which in the completion. Its bytes are read with [`Buffers::bytes`], a
 //! shared borrow; lending buffers again ([`Buffers::recycle`]) takes `&mut`,
 //! so no borrow of a buffer's bytes outlives the moment the kernel may write it
-//! again.
+//! again. A buffer the caller keeps ([`Buffers::take`], say as the source of a
+//! send in flight) is passed over by `recycle` until [`Buffers::give_back`].
+//!
+//! A program that drives an io_uring of its own (operations [`Ring`] does not
+//! offer) can still use [`Buffers`]: [`Buffers::register`] registers them on
+//! that ring. It is `unsafe` because there the ring is the caller's, and so is
+//! the duty to keep the buffers until the kernel is done with them, which
+//! [`Ring`] otherwise carries.
 //!
 //! File descriptors are passed as [`BorrowedFd`] and used by the kernel when
 //! the submission is consumed: the caller keeps an fd open until every
@@ -34,7 +41,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
-use io_uring::{IoUring, cqueue, opcode, squeue};
+use io_uring::{IoUring, Submitter, cqueue, opcode, squeue};
 
 use crate::IOV_MAX;
 
@@ -169,9 +176,10 @@ struct IovBlock {
 }
 
 /// The memory of the provided-buffer ring: the ring of entries the kernel takes
-/// buffers from, and the buffers. Shared by [`Ring`] (registered with the kernel)
-/// and [`Buffers`] (read by the application); freed when both are gone, unless
-/// leaked because the kernel may still write into it.
+/// buffers from, and the buffers. Held by [`Buffers`] (read by the application)
+/// and, for gaio's own ring, by [`Ring`] too, which lets go of it only once the
+/// kernel is done with it; freed when all are gone, unless leaked because the
+/// kernel may still write into it.
 #[derive(Debug)]
 struct BufMem {
     entries: *mut BufRingEntry,
@@ -182,9 +190,9 @@ struct BufMem {
     len: u32,
 }
 
-// SAFETY: the pointers are this struct's own allocations; `Buffers` (the only
-// writer, through `&mut`) and the kernel are the only users, and `Buffers`
-// moves between threads only with its watcher, as a whole.
+// SAFETY: the pointers are this struct's own heap allocations, tied to no
+// thread; `Buffers` (the only writer, through `&mut`) and the kernel are the
+// only users, and the kernel's use does not depend on which thread holds them.
 unsafe impl Send for BufMem {}
 // SAFETY: shared access only reads buffer bytes the kernel is done with
 // (`Buffers::bytes`) or the immutable layout fields.
@@ -240,15 +248,32 @@ impl Drop for BufMem {
     }
 }
 
+/// Where one provided buffer is, as [`Buffers`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BufState {
+    /// Lent to the kernel: it may write into it.
+    Lent,
+    /// Handed back and waiting for the next [`Buffers::recycle`].
+    Returned,
+    /// Handed back and kept by the caller ([`Buffers::take`]) until
+    /// [`Buffers::give_back`].
+    Kept,
+}
+
 /// The provided-buffer ring's buffers, on the application's side: which the
 /// kernel handed back (their bytes readable) and lending them again.
+///
+/// A buffer the kernel handed back is either *returned* ([`filled`](Self::filled)):
+/// readable until the next [`recycle`](Self::recycle), which lends it again;
+/// or *kept* ([`take`](Self::take)): readable, and passed over by `recycle`,
+/// until [`give_back`](Self::give_back) makes it returned.
 #[derive(Debug)]
 pub struct Buffers {
     mem: Arc<BufMem>,
     tail: u16,
-    /// Per buffer: `true` while the kernel may write into it.
-    lent: Vec<bool>,
-    /// Buffers handed back, lent again at the next `recycle`.
+    /// Per buffer: where it is.
+    state: Vec<BufState>,
+    /// Buffers returned, lent again at the next `recycle`.
     returned: Vec<u16>,
 }
 
@@ -258,7 +283,7 @@ impl Buffers {
         let mut b = Buffers {
             mem,
             tail: 0,
-            lent: vec![false; usize::from(count)],
+            state: vec![BufState::Lent; usize::from(count)],
             returned: Vec::with_capacity(usize::from(count)),
         };
         for bid in 0..count {
@@ -266,6 +291,47 @@ impl Buffers {
         }
         b.publish();
         b
+    }
+
+    /// Sets up `count` buffers of `len` bytes and registers them with the
+    /// kernel as provided-buffer group `group` of `submitter`'s ring, every
+    /// buffer lent. For a ring of the caller's own; [`Ring::new`] does this for
+    /// gaio's.
+    ///
+    /// Operations of that ring that select a buffer from `group` (for example
+    /// `opcode::RecvMulti::new(fd, group)`) complete with the buffer's id in
+    /// their flags (`io_uring::cqueue::buffer_select`): pass it to
+    /// [`filled`](Self::filled) or [`take`](Self::take), then read the bytes
+    /// with [`bytes`](Self::bytes).
+    ///
+    /// # Errors
+    /// `InvalidInput` (not an OS error) unless `count` is a power of two and
+    /// `len` nonzero; `OutOfMemory` (not an OS error) when the memory cannot be
+    /// allocated; the OS error of the registration otherwise (`EINVAL` where the
+    /// kernel has no provided-buffer rings, `EEXIST` where `group` is taken).
+    ///
+    /// # Safety
+    /// The kernel reads the ring of entries and writes into the buffers for
+    /// the ring's operations that select from `group`. Before this `Buffers` is
+    /// dropped, every such operation must be over (its last completion
+    /// delivered) and no new one submitted; otherwise leak the `Buffers`
+    /// (`std::mem::forget`). Unregistering the group or dropping the ring is
+    /// no substitute for waiting: an operation that picked a buffer already may
+    /// still write into it, and the kernel tears a ring down after its fd
+    /// closes, not before.
+    pub unsafe fn register(
+        submitter: &Submitter<'_>,
+        group: u16,
+        count: u16,
+        len: u32,
+    ) -> io::Result<Buffers> {
+        let mem = Arc::new(BufMem::new(count, len)?);
+        // SAFETY: the entries are `count` entries, page-aligned, allocated by
+        // `mem`; they stay allocated while the kernel may read them, because
+        // the `Buffers` returned holds `mem` and the caller keeps it until the
+        // kernel is done with the group (this function's contract).
+        unsafe { submitter.register_buf_ring_with_flags(mem.entries as u64, count, group, 0) }?;
+        Ok(Buffers::new(mem))
     }
 
     /// Bytes per buffer.
@@ -288,7 +354,7 @@ impl Buffers {
         e.set_addr(unsafe { m.mem.add(usize::from(bid) * m.len as usize) } as u64);
         e.set_len(m.len);
         e.set_bid(bid);
-        self.lent[usize::from(bid)] = true;
+        self.state[usize::from(bid)] = BufState::Lent;
         self.tail = self.tail.wrapping_add(1);
     }
 
@@ -302,31 +368,59 @@ impl Buffers {
     }
 
     /// A completion says the kernel filled `bid` and handed it back: its bytes
-    /// may be read until the next [`recycle`](Self::recycle).
+    /// may be read until the next [`recycle`](Self::recycle), which lends it
+    /// again. Does nothing for a buffer not lent, or out of range.
     pub fn filled(&mut self, bid: u16) {
-        let Some(lent) = self.lent.get_mut(usize::from(bid)) else {
-            return;
-        };
-        if *lent {
-            *lent = false;
+        if self.handed_back(bid, BufState::Returned) {
             self.returned.push(bid);
         }
     }
 
-    /// The first `len` bytes of buffer `bid`, which the kernel handed back.
+    /// Like [`filled`](Self::filled), but the caller keeps `bid`: its bytes may
+    /// be read, and `recycle` passes it over, until
+    /// [`give_back`](Self::give_back) — for bytes that must stay put past the
+    /// next `recycle`, such as the source of a send still in flight. Does
+    /// nothing for a buffer not lent, or out of range.
+    pub fn take(&mut self, bid: u16) {
+        self.handed_back(bid, BufState::Kept);
+    }
+
+    /// Ends a [`take`](Self::take): buffer `bid` is lent again at the next
+    /// [`recycle`](Self::recycle) (until then its bytes may still be read).
+    /// Does nothing for a buffer not kept, or out of range.
+    pub fn give_back(&mut self, bid: u16) {
+        if let Some(s @ BufState::Kept) = self.state.get_mut(usize::from(bid)) {
+            *s = BufState::Returned;
+            self.returned.push(bid);
+        }
+    }
+
+    /// Moves `bid` from lent to `to`; whether it was lent.
+    fn handed_back(&mut self, bid: u16, to: BufState) -> bool {
+        match self.state.get_mut(usize::from(bid)) {
+            Some(s @ BufState::Lent) => {
+                *s = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The first `len` bytes (at most [`buffer_len`](Self::buffer_len)) of
+    /// buffer `bid`, which the kernel handed back.
     ///
     /// # Panics
     /// If `bid` is lent to the kernel (it may be writing it), or out of range.
     pub fn bytes(&self, bid: u16, len: usize) -> &[u8] {
         assert!(
-            !self.lent[usize::from(bid)],
+            self.state[usize::from(bid)] != BufState::Lent,
             "provided buffer {bid} is lent to the kernel"
         );
         let len = len.min(self.mem.len as usize);
         // SAFETY: `bid < count` (checked by the index above), so the range lies
         // inside `mem`; the kernel handed the buffer back and does not write it
-        // before `recycle`, which needs `&mut self` and so cannot run while
-        // this borrow lives.
+        // before `recycle` lends it again, which needs `&mut self` and so cannot
+        // run while this borrow lives.
         unsafe {
             std::slice::from_raw_parts(
                 self.mem.mem.add(usize::from(bid) * self.mem.len as usize),
@@ -335,12 +429,13 @@ impl Buffers {
         }
     }
 
-    /// Buffers handed back and not lent again yet.
+    /// Buffers returned (not kept) and not lent again yet.
     pub fn returned(&self) -> usize {
         self.returned.len()
     }
 
-    /// Lends the kernel again every buffer handed back; whether any.
+    /// Lends the kernel again every returned buffer (kept ones stay with the
+    /// caller); whether any.
     pub fn recycle(&mut self) -> bool {
         if self.returned.is_empty() {
             return false;
@@ -427,16 +522,20 @@ impl Ring {
                 "io_uring lacks EXT_ARG, SUBMIT_STABLE or NODROP",
             ));
         }
-        let mem = Arc::new(BufMem::new(cfg.buffers, cfg.buffer_len)?);
-        // SAFETY: the entries stay allocated while the kernel may read them:
-        // `mem` is held by the ring, which unregisters it (or leaks it) on drop.
-        unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(mem.entries as u64, mem.count, GROUP, 0)
-        }
-        .map_err(|e| unsupported(&format!("no provided-buffer ring: {e}")))?;
+        // SAFETY: the ring holds the buffers' memory too (`mem`, below), so the
+        // `Buffers` may be dropped first; the ring's drop settles every
+        // operation before it lets go of the memory (or leaks it when it
+        // cannot), and nothing is submitted after.
+        let buffers =
+            unsafe { Buffers::register(&ring.submitter(), GROUP, cfg.buffers, cfg.buffer_len) }
+                .map_err(|e| match e.raw_os_error() {
+                    // The registration failed: no provided-buffer rings here.
+                    Some(_) => unsupported(&format!("no provided-buffer ring: {e}")),
+                    // A bad `Config`, or no memory: not a reason to fall back.
+                    None => e,
+                })?;
+        let mem = buffers.mem.clone();
         let cq = ring.params().cq_entries() as usize;
-        let buffers = Buffers::new(mem.clone());
         Ok((
             Ring {
                 ring,
