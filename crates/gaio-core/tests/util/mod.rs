@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use gaio_core::{Buffer, Conn, Error, Op, Requests, Watcher};
 pub use gaio_testkit::{
-    PATIENCE, fd_count, fd_list, listener, pattern, raise_fd_limit, serial, tcp_pair, tcp_pairs,
+    PATIENCE, fd_count, fd_list, listener, pattern, percentile, raise_fd_limit, serial, tcp_pair,
+    tcp_pairs,
 };
 
 /// Asserts the process has exactly `start` fds open again, listing them if not.
