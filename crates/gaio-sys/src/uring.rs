@@ -517,9 +517,13 @@ impl Ring {
             .build(cfg.entries)
             .map_err(|e| unsupported(&format!("io_uring unavailable: {e}")))?;
         let p = ring.params();
-        if !(p.is_feature_ext_arg() && p.is_feature_submit_stable() && p.is_feature_nodrop()) {
+        if !(p.is_feature_ext_arg()
+            && p.is_feature_submit_stable()
+            && p.is_feature_nodrop()
+            && p.is_feature_skip_cqe_on_success())
+        {
             return Err(unsupported(
-                "io_uring lacks EXT_ARG, SUBMIT_STABLE or NODROP",
+                "io_uring lacks EXT_ARG, SUBMIT_STABLE, NODROP or CQE_SKIP_SUCCESS",
             ));
         }
         // SAFETY: the ring holds the buffers' memory too (`mem`, below), so the
@@ -797,13 +801,22 @@ impl Ring {
     /// reached it) at a later reap.
     pub fn cancel(&mut self, user: u64) {
         self.cancel_data(user & USER_MASK);
-        // An accept was submitted with its bit set: cancel that too.
+    }
+
+    /// As [`cancel`](Self::cancel), for an [`accept`](Self::accept) submitted
+    /// with user data `user`.
+    pub fn cancel_accept(&mut self, user: u64) {
         self.cancel_data((user & USER_MASK) | ACCEPT_BIT);
     }
 
     fn cancel_data(&mut self, data: u64) {
-        let sqe = opcode::AsyncCancel2::new(CancelBuilder::user_data(data).all())
+        // One operation (user data is unique while an operation is out: no
+        // `all`, which would search every queue again, worker threads' too);
+        // a successful cancellation posts nothing (`SKIP_SUCCESS`): the
+        // operation's own completion says it ended.
+        let sqe = opcode::AsyncCancel2::new(CancelBuilder::user_data(data))
             .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
             .user_data(CANCEL_DATA);
         self.push_raw(sqe);
     }

@@ -28,7 +28,7 @@ pub(crate) mod uring;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use crate::Backend;
@@ -81,6 +81,8 @@ pub(crate) struct On<'a> {
     pub fd: BorrowedFd<'a>,
     /// A socket is written with `send` (no `SIGPIPE`), anything else with `write`.
     pub socket: bool,
+    /// What a completion driver tags its operations with.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub token: Token,
 }
 
@@ -261,12 +263,10 @@ impl Driver {
         gaio_sys::shutdown_write(fd)
     }
 
-    /// Closes a connection's fd, once the driver lets go of it
-    /// ([`detach`](Self::detach)).
+    /// Closes a connection's fd, as soon as nothing the driver queued names it
+    /// (at once, or right after the next submission to the kernel).
     pub fn close(&mut self, fd: OwnedFd) {
-        self.detach(fd.as_fd());
-        drop(fd);
-        each!(self, d => d.count_syscall());
+        each!(self, d => d.close(fd))
     }
 
     /// Stops reporting on an fd leaving the watcher (closed, or handed back to

@@ -5,7 +5,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use gaio_sys::{Events, IOV_MAX, Poller};
@@ -258,8 +258,14 @@ impl Driver {
         })
     }
 
-    /// A system call made on the driver's behalf (shutdown, close).
+    /// A system call made on the driver's behalf (shutdown).
     pub fn count_syscall(&mut self) {
+        self.syscalls += 1;
+    }
+
+    pub fn close(&mut self, fd: OwnedFd) {
+        self.detach(fd.as_fd());
+        drop(fd);
         self.syscalls += 1;
     }
 

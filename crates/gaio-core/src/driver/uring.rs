@@ -89,6 +89,9 @@ pub(crate) struct Driver {
     /// Completions of the last poll, handed out from the back.
     cqes: Vec<Cqe>,
     reaped: Vec<Cqe>,
+    /// Fds of closed connections that submissions not yet handed to the
+    /// kernel may name: closed right after the next enter.
+    closing: Vec<OwnedFd>,
     /// System calls made beside the ring's (peer address, connect result,
     /// shutdown, close).
     syscalls: u64,
@@ -107,6 +110,7 @@ impl Driver {
             ring,
             cqes: Vec::new(),
             reaped: Vec::new(),
+            closing: Vec::new(),
             syscalls: 0,
         };
         Ok((d, buffers))
@@ -208,9 +212,22 @@ impl Driver {
         Step::Later
     }
 
-    /// A system call made on the driver's behalf (shutdown, close).
+    /// A system call made on the driver's behalf (shutdown).
     pub fn count_syscall(&mut self) {
         self.syscalls += 1;
+    }
+
+    /// Closes `fd` now, or — when submissions not yet handed to the kernel
+    /// may name it (they name fds by number, which a later file could take)
+    /// — right after the next enter hands them over. Many closes in one turn
+    /// cost one enter, not one each.
+    pub fn close(&mut self, fd: OwnedFd) {
+        self.syscalls += 1;
+        if self.ring.has_unsubmitted() {
+            self.closing.push(fd);
+        } else {
+            drop(fd);
+        }
     }
 
     /// Hands the kernel what names `fd` (and the cancellations of operations
@@ -221,14 +238,19 @@ impl Driver {
         if self.ring.has_unsubmitted() {
             // An error leaves them queued: the next wait submits them (and
             // reports the error).
-            if self
-                .ring
-                .enter(Some(Duration::ZERO), false, &mut self.reaped)
-                .is_ok()
-            {
-                self.merge_reaped();
-            }
+            let _ = self.enter(Some(Duration::ZERO), false);
         }
+    }
+
+    /// One `io_uring_enter`: submits, reaps (behind what is not handed out
+    /// yet), then closes the fds that waited for their submissions to go in.
+    fn enter(&mut self, timeout: Option<Duration>, wait: bool) -> io::Result<()> {
+        let res = self.ring.enter(timeout, wait, &mut self.reaped);
+        if !self.ring.has_unsubmitted() {
+            self.closing.clear();
+        }
+        self.merge_reaped();
+        res
     }
 
     #[inline]
@@ -269,6 +291,7 @@ impl Driver {
             match tag {
                 op::RECV_OWN => self.ring.cancel_op(OpId::from_index(io.rd_op)),
                 op::WRITE => self.ring.cancel_op(OpId::from_index(io.wr_op)),
+                op::ACCEPT => self.ring.cancel_accept(user_data(tag, token)),
                 _ => self.ring.cancel(user_data(tag, token)),
             }
         }
@@ -278,8 +301,7 @@ impl Driver {
         // Completions reaped outside a wait (by `detach`/`close`) and not
         // handed out yet need no sleep.
         let wait = timeout != Some(Duration::ZERO) && self.cqes.is_empty();
-        self.ring.enter(timeout, wait, &mut self.reaped)?;
-        self.merge_reaped();
+        self.enter(timeout, wait)?;
         Ok(!self.cqes.is_empty())
     }
 
@@ -417,6 +439,7 @@ impl Driver {
                 self.ring.reclaim(&c, &mut drop);
             }
             if self.ring.inflight() == 0 && !self.ring.has_unsubmitted() {
+                self.closing.clear();
                 self.ring.drop_wake();
                 return Ok(());
             }
