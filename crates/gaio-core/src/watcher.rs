@@ -443,6 +443,7 @@ impl<C> Watcher<C> {
             eng.run_remote();
         }
         eng.free_now(conn, &mut self.swap);
+        eng.driver.flush();
         Ok(())
     }
 
@@ -472,6 +473,7 @@ impl<C> Watcher<C> {
         eng.driver.check_thread()?;
         eng.run_remote();
         eng.free_all(&mut self.swap);
+        eng.driver.flush();
         Ok(())
     }
 

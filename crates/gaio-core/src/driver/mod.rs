@@ -304,6 +304,13 @@ impl Driver {
         each!(self, d => d.poll(timeout))
     }
 
+    /// Hands the kernel what is queued, without waiting, if a closed fd waits
+    /// for that (so a connection closed this turn is closed when the turn
+    /// ends, not at the next one).
+    pub fn flush(&mut self) {
+        each!(self, d => d.flush())
+    }
+
     /// Operations queued and not yet handed to the kernel.
     pub fn has_unsubmitted(&mut self) -> bool {
         each!(self, d => d.has_unsubmitted())

@@ -311,6 +311,8 @@ impl Driver {
         false
     }
 
+    pub fn flush(&mut self) {}
+
     #[inline]
     pub fn next_event(&mut self) -> Option<(Token, Event)> {
         let (token, ready) = self.ready.pop()?;

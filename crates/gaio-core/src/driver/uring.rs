@@ -320,6 +320,13 @@ impl Driver {
         self.ring.has_unsubmitted()
     }
 
+    pub fn flush(&mut self) {
+        if !self.closing.is_empty() {
+            // An error leaves them for the next wait, which reports it.
+            let _ = self.enter(Some(Duration::ZERO), false);
+        }
+    }
+
     #[inline]
     pub fn next_event(&mut self) -> Option<(Token, Event)> {
         let cqe = self.cqes.pop()?;

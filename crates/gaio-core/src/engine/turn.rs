@@ -171,8 +171,10 @@ impl<C> Engine<C> {
                 break;
             }
         }
-        // Accepted connections are live before the batch announces them.
+        // Accepted connections are live before the batch announces them;
+        // connections closed this turn are closed before it goes out.
         self.install_accepted();
+        self.driver.flush();
         Ok(())
     }
 }
