@@ -622,11 +622,12 @@ impl Ring {
 
     /// Parks `bufs` in the in-flight table under `user`; returns the user data
     /// that names the entry.
+    #[inline]
     fn lend(
         &mut self,
         user: u64,
         first: (Buf, usize),
-        more: &mut dyn Iterator<Item = (Buf, usize)>,
+        more: impl Iterator<Item = (Buf, usize)>,
     ) -> (u64, u32) {
         let i = match self.free.pop() {
             Some(i) => i,
@@ -638,7 +639,9 @@ impl Ring {
         let e = &mut self.table[i as usize];
         e.user = user & USER_MASK;
         e.first = Some(first);
-        e.more.extend(more);
+        for b in more {
+            e.more.push(b);
+        }
         (TABLE_BIT | u64::from(i), i)
     }
 
@@ -677,7 +680,7 @@ impl Ring {
     ) -> OpId {
         let off = off.min(buf.len());
         let len = (buf.len() - off).min(1 << 30) as u32;
-        let (data, i) = self.lend(user, (Buf::Vec(buf), off), &mut std::iter::empty());
+        let (data, i) = self.lend(user, (Buf::Vec(buf), off), std::iter::empty());
         let Some((Buf::Vec(v), _)) = &mut self.table[i as usize].first else {
             unreachable!("just lent")
         };
@@ -706,11 +709,10 @@ impl Ring {
         fd: BorrowedFd<'_>,
         socket: bool,
         first: (Buf, usize),
-        more: &mut dyn Iterator<Item = (Buf, usize)>,
+        more: impl Iterator<Item = (Buf, usize)>,
         user: u64,
     ) -> OpId {
-        let mut more = more.take(IOV_MAX - 1);
-        let (data, i) = self.lend(user, first, &mut more);
+        let (data, i) = self.lend(user, first, more.take(IOV_MAX - 1));
         let fd = Fd(fd.as_raw_fd());
         let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
         let e = &self.table[i as usize];
@@ -823,7 +825,8 @@ impl Ring {
 
     /// Hands back the buffers of a completed operation (in submission order).
     /// Nothing for a completion without buffers.
-    pub fn reclaim(&mut self, cqe: &Cqe, out: &mut dyn FnMut(Buf)) {
+    #[inline]
+    pub fn reclaim(&mut self, cqe: &Cqe, mut out: impl FnMut(Buf)) {
         let Some(i) = cqe.entry else { return };
         let Some(e) = self.table.get_mut(i as usize) else {
             return;
@@ -832,11 +835,13 @@ impl Ring {
             return; // reclaimed already
         };
         out(first);
-        for (b, _) in e.more.drain(..) {
-            out(b);
-        }
-        if e.more.capacity() > 64 {
-            e.more = Vec::new();
+        if !e.more.is_empty() {
+            for (b, _) in e.more.drain(..) {
+                out(b);
+            }
+            if e.more.capacity() > 64 {
+                e.more = Vec::new();
+            }
         }
         self.free.push(i);
     }
@@ -1005,7 +1010,7 @@ impl Drop for Ring {
             self.cancel_all();
             while self.inflight > 0 && self.enter(None, true, &mut out).is_ok() {
                 for c in out.drain(..) {
-                    self.reclaim(&c, &mut drop);
+                    self.reclaim(&c, drop);
                 }
             }
         }

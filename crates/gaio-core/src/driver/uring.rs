@@ -384,7 +384,7 @@ impl Driver {
                     .iter_mut()
                     .chain(writes.rest.iter_mut().flat_map(|r| r.iter_mut()))
                     .take(usize::from(n));
-                self.ring.reclaim(&cqe, &mut |b| {
+                self.ring.reclaim(&cqe, |b| {
                     if let Some(r) = held.next() {
                         r.give_back(from_sys(b));
                     }
@@ -443,7 +443,7 @@ impl Driver {
         loop {
             for mut c in out.drain(..) {
                 drop(c.take_accepted());
-                self.ring.reclaim(&c, &mut drop);
+                self.ring.reclaim(&c, drop);
             }
             if self.ring.inflight() == 0 && !self.ring.has_unsubmitted() {
                 self.closing.clear();
