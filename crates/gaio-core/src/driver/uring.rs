@@ -245,7 +245,11 @@ impl Driver {
     /// One `io_uring_enter`: submits, reaps (behind what is not handed out
     /// yet), then closes the fds that waited for their submissions to go in.
     fn enter(&mut self, timeout: Option<Duration>, wait: bool) -> io::Result<()> {
+        let lost = self.ring.lost();
         let res = self.ring.enter(timeout, wait, &mut self.reaped);
+        if self.ring.lost() > lost {
+            lost_completions(self.ring.lost());
+        }
         if !self.ring.has_unsubmitted() {
             self.closing.clear();
         }
@@ -458,6 +462,17 @@ impl Driver {
             self.ring.enter(None, self.ring.inflight() > 0, &mut out)?;
         }
     }
+}
+
+/// The kernel dropped completions: the requests they belonged to never
+/// complete. Operations in flight are bounded by the completion queue's size,
+/// so this takes the kernel failing to buffer an overflow.
+#[cold]
+fn lost_completions(total: u64) {
+    tracing::error!(
+        total,
+        "gaio: io_uring lost completions (Stats::lost_completions); their requests will not complete"
+    );
 }
 
 fn to_sys(b: Option<Buf>) -> uring::Buf {

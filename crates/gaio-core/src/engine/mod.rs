@@ -637,7 +637,15 @@ impl<C> Core<C> {
         if head.is_doomed() || head.is_expired() {
             return Err(self.end_over(c, slot, dir));
         }
-        Ok(head.kind())
+        let kind = head.kind();
+        // Not ready (readiness) or an operation out (completion): nothing to
+        // do until the driver reports. Control requests need no readiness.
+        if matches!(kind, Kind::Read | Kind::ReadFull | Kind::Write)
+            && !self.driver.may_step(&c.io, dir)
+        {
+            return Err(false);
+        }
+        Ok(kind)
     }
 
     /// One step for the head read request; whether to try again.
