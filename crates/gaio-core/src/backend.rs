@@ -23,11 +23,12 @@ use std::str::FromStr;
 ///
 /// What differs on io_uring: the thread that first calls `wait_io` is the
 /// ring's one issuer (`SINGLE_ISSUER`); driving the watcher from another thread
-/// afterwards (`wait_io`, `free`, `close`) fails with a clear error. Bytes that
-/// arrive while no read is pending are received anyway and copied aside (up to
-/// 64 KiB per connection, then receiving stops until a read comes), where epoll
-/// leaves them in the socket. An accepted connection's peer address costs a
-/// `getpeername` (multishot accept returns none).
+/// afterwards (`wait_io`, `free`, `close`) fails with a clear error. Every
+/// operation is single-shot, as on epoll: bytes that arrive while no read is
+/// pending stay in the socket, and a cancelled request (`free`, `close`, a
+/// deadline) completes when the kernel hands its buffer back, a turn later at
+/// most. An accepted connection's peer address costs a `getpeername` (the
+/// accept's completion carries none). See `docs/io_uring.md`.
 ///
 /// A builder that is not told uses the `GAIO_BACKEND` environment variable
 /// (`auto`, `epoll` or `uring`) when it is set, else `Epoll`: how one test
