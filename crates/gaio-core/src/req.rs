@@ -36,6 +36,23 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
+    /// What its completion says it did.
+    #[inline]
+    pub fn op(self) -> crate::Op {
+        use crate::Op;
+        // A table, not a match: one load on the hot path.
+        const OPS: [Op; 7] = [
+            Op::Read,
+            Op::Read,
+            Op::Write,
+            Op::Accept,
+            Op::Connect,
+            Op::Shutdown,
+            Op::Close,
+        ];
+        OPS[self as usize]
+    }
+
     pub fn direction(self) -> Direction {
         match self {
             Kind::Read | Kind::ReadFull | Kind::Accept => Direction::Read,

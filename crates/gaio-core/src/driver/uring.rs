@@ -140,7 +140,9 @@ impl Driver {
         Ok(())
     }
 
-    #[inline]
+    // Out of line: inlined into the engine's steps, it would weigh on the
+    // readiness driver's path too (hoisted constants, a larger frame).
+    #[inline(never)]
     pub fn read<C>(
         &mut self,
         on: On<'_>,
@@ -168,7 +170,9 @@ impl Driver {
         Step::Later
     }
 
-    #[inline]
+    // Out of line: inlined into the engine's steps, it would weigh on the
+    // readiness driver's path too (hoisted constants, a larger frame).
+    #[inline(never)]
     pub fn write<C>(&mut self, on: On<'_>, q: &mut Queue<'_, C>) -> Step<usize> {
         let (io, fd, socket, token) = (on.io, on.fd, on.socket, on.token);
         if io.ops & op::WRITES != 0 {
@@ -340,7 +344,9 @@ impl Driver {
 
     /// Applies one completion: the requests its operation held get their
     /// buffers back, and the result goes to the engine.
-    #[inline]
+    // Out of line: inlined into the engine's steps, it would weigh on the
+    // readiness driver's path too (hoisted constants, a larger frame).
+    #[inline(never)]
     pub fn apply<C>(&mut self, c: &mut Parts<'_, C>, ev: Event, swap: &mut Swap) -> Option<Got> {
         let Parts {
             io,

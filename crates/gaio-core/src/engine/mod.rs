@@ -255,9 +255,9 @@ impl<C> Engine<C> {
         let Engine { table, core } = self;
         let kind = req.kind();
         let dir = kind.direction();
-        let live = table
-            .live_mut(conn.slot, conn.generation)
-            .filter(|_| conn.watcher == core.id);
+        // A `Conn` of another watcher was refused on the way in (`ForeignConn`).
+        debug_assert_eq!(conn.watcher, core.id);
+        let live = table.live_mut(conn.slot, conn.generation);
         let len = req.buf.len();
         if let Some(c) = &live {
             if kind == Kind::Write && c.queued + len > core.write_limit && !c.life.is_ending() {
@@ -1053,14 +1053,7 @@ impl<C> Core<C> {
             },
             (_, _) => DoneBuf::None,
         };
-        let op = match kind {
-            Kind::Read | Kind::ReadFull => Op::Read,
-            Kind::Write => Op::Write,
-            Kind::Accept => Op::Accept,
-            Kind::Connect => Op::Connect,
-            Kind::Shutdown => Op::Shutdown,
-            Kind::Close => Op::Close,
-        };
+        let op = kind.op();
         self.done.push(Done {
             op,
             conn,

@@ -295,7 +295,8 @@ impl<C> ConnState<C> {
 
 #[derive(Debug)]
 pub(crate) struct Table<C> {
-    chunks: Vec<Box<[ConnState<C>]>>,
+    /// Arrays, not slices: a slot's place in its chunk needs no bounds check.
+    chunks: Vec<Box<[ConnState<C>; CHUNK]>>,
 }
 
 impl<C> Table<C> {
@@ -321,8 +322,9 @@ impl<C> Table<C> {
     pub fn get_or_grow(&mut self, slot: u32) -> &mut ConnState<C> {
         let i = slot as usize;
         while self.chunks.len() <= i / CHUNK {
+            let chunk: Box<[ConnState<C>]> = (0..CHUNK).map(|_| ConnState::vacant()).collect();
             self.chunks
-                .push((0..CHUNK).map(|_| ConnState::vacant()).collect());
+                .push(chunk.try_into().ok().expect("a chunk of CHUNK slots"));
         }
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
