@@ -440,7 +440,14 @@ impl<C> Engine<C> {
             if let Some(got) = got {
                 core.got(c, token.slot, got);
             }
-            core.progress(c, token.slot, swap);
+            // Nothing queued (the result just completed the last request) and
+            // nothing to retire: no step to take.
+            if c.head(Direction::Read).is_some()
+                || c.head(Direction::Write).is_some()
+                || c.life == Life::Retiring
+            {
+                core.progress(c, token.slot, swap);
+            }
         }
     }
 
