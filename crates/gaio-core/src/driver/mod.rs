@@ -61,12 +61,15 @@ pub(crate) enum Landed {
     Ring(u16),
 }
 
+/// What a read moved: how many bytes, and where they landed.
+pub(crate) type Bytes = (usize, Landed);
+
 /// A result the kernel reported for a connection's head request (from a
 /// completion driver; a readiness driver's results are all `Step::Done`).
 #[derive(Debug)]
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) enum Got {
-    Read(io::Result<(usize, Landed)>),
+    Read(io::Result<Bytes>),
     Wrote(io::Result<usize>),
     Accepted(io::Result<(OwnedFd, Option<SocketAddr>)>),
     Connected(io::Result<()>),
@@ -230,12 +233,7 @@ impl Driver {
 
     /// One read step for the head read request `req`.
     #[inline]
-    pub fn read<C>(
-        &mut self,
-        on: On<'_>,
-        req: &mut Req<C>,
-        swap: &mut Swap,
-    ) -> Step<(usize, Landed)> {
+    pub fn read<C>(&mut self, on: On<'_>, req: &mut Req<C>, swap: &mut Swap) -> Step<Bytes> {
         each!(self, d => d.read(on, req, swap))
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use gaio_sys::{Events, IOV_MAX, Poller};
 
-use super::{Event, Got, IoState, Landed, On, Step, Swap, SwapMem};
+use super::{Bytes, Event, Got, IoState, Landed, On, Step, Swap, SwapMem};
 use crate::Backend;
 use crate::conn::{Token, WAKE_TOKEN};
 use crate::engine::{Parts, Queue};
@@ -130,12 +130,7 @@ impl Driver {
     }
 
     #[inline]
-    pub fn read<C>(
-        &mut self,
-        on: On<'_>,
-        req: &mut Req<C>,
-        swap: &mut Swap,
-    ) -> Step<(usize, Landed)> {
+    pub fn read<C>(&mut self, on: On<'_>, req: &mut Req<C>, swap: &mut Swap) -> Step<Bytes> {
         let (io, fd) = (on.io, on.fd);
         if !io.ready.is_ready(Direction::Read) {
             return Step::Later;

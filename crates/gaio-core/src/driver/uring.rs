@@ -31,7 +31,7 @@ use std::time::Duration;
 use gaio_sys::IOV_MAX;
 use gaio_sys::uring::{self, Cqe, OpId, Ring};
 
-use super::{Event, Got, IoState, Landed, On, Step, Swap, SwapMem};
+use super::{Bytes, Event, Got, IoState, Landed, On, Step, Swap, SwapMem};
 use crate::Backend;
 use crate::conn::Token;
 use crate::engine::{Parts, Queue};
@@ -143,12 +143,7 @@ impl Driver {
     // Out of line: inlined into the engine's steps, it would weigh on the
     // readiness driver's path too (hoisted constants, a larger frame).
     #[inline(never)]
-    pub fn read<C>(
-        &mut self,
-        on: On<'_>,
-        req: &mut Req<C>,
-        _swap: &mut Swap,
-    ) -> Step<(usize, Landed)> {
+    pub fn read<C>(&mut self, on: On<'_>, req: &mut Req<C>, _swap: &mut Swap) -> Step<Bytes> {
         let (io, fd, socket, token) = (on.io, on.fd, on.socket, on.token);
         if io.ops & op::READS != 0 {
             return Step::Later;

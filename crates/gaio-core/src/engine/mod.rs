@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use gaio_sys::{AcceptError, FdKind};
 
 use crate::conn::Token;
-use crate::driver::{Driver, Got, Landed, On, Step, Swap};
+use crate::driver::{Bytes, Driver, Got, Landed, On, Step, Swap};
 use crate::queue::{Cmd, Shared};
 use crate::req::{Buf, Direction, EXPIRED, Kind, NO_TIMER, Req, Step as ReadStep};
 use crate::{Conn, Error, Op, Result, Stats};
@@ -767,7 +767,7 @@ impl<C> Core<C> {
     /// The head read moved `n` bytes (0: EOF), or failed: its own policy says
     /// whether it is complete.
     #[inline]
-    fn read_done(&mut self, c: &mut ConnState<C>, slot: u32, res: io::Result<(usize, Landed)>) {
+    fn read_done(&mut self, c: &mut ConnState<C>, slot: u32, res: io::Result<Bytes>) {
         let conn = self.conn(slot, c.generation);
         let mut q = c.queue(Direction::Read);
         let req = q.head.as_mut().expect("a read result has its request");
