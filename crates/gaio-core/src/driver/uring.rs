@@ -354,15 +354,14 @@ impl Driver {
         let Event::Done(mut cqe) = ev else {
             return None;
         };
-        let (tag, _) = decode(cqe.user);
+        let (tag, token) = decode(cqe.user);
         io.ops &= !tag;
         let res = cqe.res;
         match tag {
             op::RECV_SEL | op::RECV_OWN => {
                 if tag == op::RECV_OWN {
                     let head = reads.head.as_mut().expect("a lent read keeps its request");
-                    self.ring
-                        .reclaim(&cqe, &mut |b| head.give_back(from_sys(b)));
+                    self.ring.reclaim(&cqe, |b| head.give_back(from_sys(b)));
                 }
                 let bid = cqe.buffer();
                 if let (Some(bid), SwapMem::Ring(b)) = (bid, &mut swap.mem) {
@@ -376,7 +375,7 @@ impl Driver {
                     e if e == -libc::ECANCELED => None,
                     e if e == -libc::ENOBUFS => Some(Got::NoRoom),
                     e if e == -libc::EAGAIN => {
-                        self.poll_again(io, fd, op::POLL_IN, decode(cqe.user).1);
+                        self.poll_again(io, fd, op::POLL_IN, token);
                         None
                     }
                     _ => Some(Got::Read(Err(cqe.error().expect("negative")))),
@@ -398,7 +397,7 @@ impl Driver {
                     n if n >= 0 => Some(Got::Wrote(Ok(n as usize))),
                     e if e == -libc::ECANCELED => None,
                     e if e == -libc::EAGAIN => {
-                        self.poll_again(io, fd, op::POLL_OUT, decode(cqe.user).1);
+                        self.poll_again(io, fd, op::POLL_OUT, token);
                         None
                     }
                     _ => Some(Got::Wrote(Err(cqe.error().expect("negative")))),
