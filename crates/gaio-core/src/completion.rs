@@ -26,6 +26,9 @@ pub enum Op {
     Shutdown,
     /// `close`: every write before it went out and the connection is closed.
     Close,
+    /// `writable`: the connection's queued write bytes are at or below its low
+    /// watermark (see [`Flow`](crate::Flow)).
+    Writable,
 }
 
 /// What a completion hands back.
@@ -160,6 +163,9 @@ pub struct Stats {
     pub syscalls: u64,
     /// Bytes queued for writing and not sent yet, all connections together.
     pub queued_write_bytes: usize,
+    /// Connections not writable now: their queued bytes went above the high
+    /// watermark and have not fallen to the low one (see [`Flow`](crate::Flow)).
+    pub unwritable_conns: usize,
     /// The backend the watcher runs on (`Epoll` or `IoUring`, never `Auto`).
     pub backend: Backend,
     /// Completions the kernel reported lost (io_uring: a completion queue

@@ -118,6 +118,7 @@ struct Published {
     freed: AtomicU64,
     syscalls: AtomicU64,
     queued_write_bytes: AtomicUsize,
+    unwritable_conns: AtomicUsize,
     lost: AtomicU64,
     uring: AtomicBool,
 }
@@ -228,6 +229,8 @@ impl<C> Shared<C> {
         p.syscalls.store(st.syscalls, Ordering::Relaxed);
         p.queued_write_bytes
             .store(st.queued_write_bytes, Ordering::Relaxed);
+        p.unwritable_conns
+            .store(st.unwritable_conns, Ordering::Relaxed);
         p.uring
             .store(st.backend == crate::Backend::IoUring, Ordering::Relaxed);
         p.lost.store(st.lost_completions, Ordering::Relaxed);
@@ -244,6 +247,7 @@ impl<C> Shared<C> {
             freed: p.freed.load(Ordering::Relaxed),
             syscalls: p.syscalls.load(Ordering::Relaxed),
             queued_write_bytes: p.queued_write_bytes.load(Ordering::Relaxed),
+            unwritable_conns: p.unwritable_conns.load(Ordering::Relaxed),
             backend: if p.uring.load(Ordering::Relaxed) {
                 crate::Backend::IoUring
             } else {

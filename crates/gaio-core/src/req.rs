@@ -33,6 +33,9 @@ pub(crate) enum Kind {
     Shutdown = 5,
     /// Closes the connection once the writes before it are out.
     Close = 6,
+    /// Waits for the connection to be writable (its queued write bytes at or
+    /// below the low watermark); kept beside the queues, not in them.
+    Writable = 7,
 }
 
 impl Kind {
@@ -41,7 +44,7 @@ impl Kind {
     pub fn op(self) -> crate::Op {
         use crate::Op;
         // A table, not a match: one load on the hot path.
-        const OPS: [Op; 7] = [
+        const OPS: [Op; 8] = [
             Op::Read,
             Op::Read,
             Op::Write,
@@ -49,6 +52,7 @@ impl Kind {
             Op::Connect,
             Op::Shutdown,
             Op::Close,
+            Op::Writable,
         ];
         OPS[self as usize]
     }
@@ -56,7 +60,9 @@ impl Kind {
     pub fn direction(self) -> Direction {
         match self {
             Kind::Read | Kind::ReadFull | Kind::Accept => Direction::Read,
-            Kind::Write | Kind::Connect | Kind::Shutdown | Kind::Close => Direction::Write,
+            Kind::Write | Kind::Connect | Kind::Shutdown | Kind::Close | Kind::Writable => {
+                Direction::Write
+            }
         }
     }
 }
@@ -111,7 +117,12 @@ pub(crate) fn check_buf(buf: &Buf, kind: Kind) -> Result<()> {
         && !(matches!(buf, Buf::None)
             && matches!(
                 kind,
-                Kind::Read | Kind::Accept | Kind::Connect | Kind::Shutdown | Kind::Close
+                Kind::Read
+                    | Kind::Accept
+                    | Kind::Connect
+                    | Kind::Shutdown
+                    | Kind::Close
+                    | Kind::Writable
             ))
     {
         return Err(Error::EmptyBuffer);
@@ -187,7 +198,7 @@ impl<C> Req<C> {
             Kind::Connect,
             Kind::Shutdown,
             Kind::Close,
-            Kind::Close,
+            Kind::Writable,
         ];
         KINDS[(self.meta >> KIND_SHIFT) as usize & 7]
     }

@@ -521,6 +521,37 @@ pub trait Requests<C> {
         self.connect_fd(gaio_sys::connect_unix(path)?, ctx, deadline)
     }
 
+    /// Completes (as [`Op::Writable`](crate::Op::Writable), `Ok`) once `conn`
+    /// is writable — at once if it is now, else when its queued write bytes
+    /// have fallen to the low watermark of its [`Flow`](crate::Flow) — or with
+    /// [`Error::ConnClosed`](crate::Error::ConnClosed) if it closes first. The
+    /// signal to produce more for a connection a producer stopped feeding
+    /// (see [`Local::is_writable`](crate::Local::is_writable)).
+    ///
+    /// ```
+    /// # use std::io::Read;
+    /// # use gaio_core::{Flow, Op, Requests};
+    /// # let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let mut client = std::net::TcpStream::connect(l.local_addr()?)?;
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::builder()
+    ///     .flow(Flow::new(0, 1000))
+    ///     .build()?;
+    /// # let conn = w.register(l.accept()?.0)?;
+    /// let io = w.local();
+    /// io.write(conn, (), vec![1; 5000])?; // above the high watermark
+    /// io.writable(conn, ())?;
+    /// let ops: Vec<Op> = w.wait_io()?.map(|res| res.op).collect();
+    /// assert_eq!(ops, [Op::Write, Op::Writable]); // all sent: writable again
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`shutdown`](Self::shutdown).
+    #[inline]
+    fn writable(&self, conn: Conn, ctx: C) -> Result<()> {
+        self.submit(conn, Request::new(Kind::Writable, ctx, Buf::None, None))
+    }
+
     /// Shuts the write side down (a half-close: the peer reads EOF) once every
     /// write queued before it is out; reading goes on. Completes as
     /// [`Op::Shutdown`](crate::Op::Shutdown).

@@ -208,7 +208,56 @@ impl<'w, C> Local<'w, C> {
         }
         eng.table
             .live_mut(conn.slot, conn.generation)
-            .map_or(0, |c| c.queued)
+            .map_or(0, |c| c.queued as usize)
+    }
+
+    /// Whether `conn` is writable: its queued bytes have not gone above the
+    /// high watermark of its [`Flow`], or have fallen back to the low one
+    /// since (`false` for a stale `Conn` or another watcher's). Produce more
+    /// for it while it is; when it is not, a
+    /// [`writable`](Requests::writable) request says when it is again.
+    ///
+    /// ```
+    /// # use gaio_core::{Flow, Requests};
+    /// # let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # let _client = std::net::TcpStream::connect(l.local_addr()?)?;
+    /// let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::builder()
+    ///     .flow(Flow::new(100, 1000))
+    ///     .build()?;
+    /// # let conn = w.register(l.accept()?.0)?;
+    /// let io = w.local();
+    /// io.write(conn, (), vec![0; 1000])?;
+    /// assert!(io.is_writable(conn)); // at the high watermark, not above
+    /// io.write(conn, (), vec![0; 1])?;
+    /// assert!(!io.is_writable(conn));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_writable(&self, conn: Conn) -> bool {
+        self.eng.borrow_mut().is_writable(conn)
+    }
+
+    /// Gives `conn` watermarks of its own, instead of the watcher's
+    /// ([`Builder::flow`](crate::Builder::flow)); they apply at once to what is
+    /// queued now (a waiting [`writable`](Requests::writable) request may
+    /// complete, paused reads may go on). A watcher holds up to 256 different
+    /// flows.
+    ///
+    /// ```
+    /// # use gaio_core::{Flow, Requests};
+    /// # let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// # let mut w: gaio_core::Watcher<()> = gaio_core::Watcher::new()?;
+    /// # let conn = w.register(a)?;
+    /// // A bulk peer: more in flight before it counts as slow.
+    /// w.local().set_flow(conn, Flow::new(1 << 20, 4 << 20))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ConnClosed`] for a stale or freed `Conn` or another watcher's;
+    /// [`Error::WatcherClosed`]; [`Error::Io`] of kind `InvalidInput` past 256
+    /// different flows.
+    pub fn set_flow(&self, conn: Conn, flow: crate::Flow) -> Result<()> {
+        self.engine()?.set_flow(conn, flow)
     }
 }
 

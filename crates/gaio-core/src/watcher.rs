@@ -15,7 +15,7 @@ use crate::driver::{Driver, Swap, SwapMem, poll};
 use crate::engine::{Done, DoneBuf, Engine, Trim, TurnState};
 use crate::queue::Shared;
 use crate::submit::{Local, Submitter};
-use crate::{Buffer, Completion, Conn, Error, Result, Stats};
+use crate::{Buffer, Completion, Conn, Error, Flow, Result, Stats};
 
 /// The batch [`Watcher::wait_io`] returns: an iterator of [`Completion`]s that
 /// borrows the watcher, so swap-buffer bytes cannot outlive the next `wait_io`.
@@ -100,6 +100,7 @@ pub struct Builder<C> {
     cpu: Option<usize>,
     busy_poll: Option<Duration>,
     write_limit: Option<usize>,
+    flow: Flow,
     backend: Option<Backend>,
     _ctx: PhantomData<fn() -> C>,
 }
@@ -112,6 +113,7 @@ impl<C> std::fmt::Debug for Builder<C> {
             .field("cpu", &self.cpu)
             .field("busy_poll", &self.busy_poll)
             .field("write_limit", &self.write_limit)
+            .field("flow", &self.flow)
             .field("backend", &self.backend)
             .finish()
     }
@@ -131,6 +133,7 @@ impl<C> Default for Builder<C> {
             cpu: None,
             busy_poll: None,
             write_limit: None,
+            flow: Flow::DEFAULT,
             backend: None,
             _ctx: PhantomData,
         }
@@ -172,14 +175,39 @@ impl<C> Builder<C> {
         self
     }
 
-    /// The most bytes one connection may have queued for writing (not yet sent),
-    /// or `None` for no limit (the default). A write that would go past it is
-    /// refused with [`Error::WriteLimit`] — at once on the watcher's thread, as
-    /// its completion from a `Submitter` — so a peer that stops reading cannot
-    /// grow the server's memory past the limit. A single write larger than the
-    /// limit is always refused.
+    /// The hard cap on the bytes one connection may have queued for writing:
+    /// bytes of writes accepted and not yet taken by the kernel — counted from
+    /// the moment each write is accepted, so the writes of one batch count
+    /// before the watcher's turn sends any of them. `None` (the default) leaves
+    /// only the 4 GiB a connection can ever have queued. A write that would go
+    /// past it is refused with [`Error::WriteLimit`] — at once on the watcher's
+    /// thread, as its completion from a `Submitter`; a single write larger than
+    /// the limit is always refused.
+    ///
+    /// It is the last line of defence against a peer that never reads; a
+    /// server that should keep serving a peer that reads slowly stays under it
+    /// by producing only while the connection is writable (see [`Flow`]), and
+    /// sets the limit a few high watermarks above.
     pub fn write_limit(mut self, bytes: Option<usize>) -> Self {
         self.write_limit = bytes;
+        self
+    }
+
+    /// The write watermarks of every connection (default [`Flow::DEFAULT`]:
+    /// 32 KiB / 64 KiB, reads not paused); one connection's can be changed with
+    /// [`Local::set_flow`](crate::Local::set_flow).
+    ///
+    /// ```
+    /// use gaio_core::{Flow, Watcher};
+    /// let w: Watcher<()> = Watcher::builder()
+    ///     .flow(Flow::new(64 << 10, 256 << 10).pause_reads(true))
+    ///     .write_limit(Some(4 << 20))
+    ///     .build()?;
+    /// # drop(w);
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    pub fn flow(mut self, flow: Flow) -> Self {
+        self.flow = flow;
         self
     }
 
@@ -232,7 +260,12 @@ impl<C> Builder<C> {
         tracing::debug!(backend = %driver.backend(), "gaio watcher built");
         let shared = Arc::new(Shared::new(waker));
         let w = Watcher {
-            eng: RefCell::new(Engine::new(shared.clone(), driver, self.write_limit)),
+            eng: RefCell::new(Engine::new(
+                shared.clone(),
+                driver,
+                self.write_limit,
+                self.flow,
+            )),
             shared,
             swap: Swap::new(mem),
             batch: Vec::new(),

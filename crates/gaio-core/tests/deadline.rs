@@ -139,3 +139,47 @@ fn deadlines_on_1k_to_8k_conns() {
         assert_eq!(w.stats().pending_reads, 0);
     }
 }
+
+/// A peer that sends one byte per interval re-arms a `read_timeout` with every
+/// read and is never dropped; a per-frame deadline (`Framer::deadline`)
+/// counts from the frame's first byte and drops it.
+#[test]
+fn per_frame_deadline_drops_a_one_byte_per_interval_peer() {
+    use gaio_core::framing::Framer;
+    let _serial = serial();
+    let (mut c, mut w, _tx, conn) = watched::<()>();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    // Pacing the peer is the behaviour under test, not a wait for I/O.
+    let peer = std::thread::spawn(move || {
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) && c.write_all(b"x").is_ok() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let per_frame = Duration::from_millis(150);
+    let mut framer = Framer::lines(1 << 20);
+    let mut reads = 0;
+    let end = Instant::now() + PATIENCE;
+    let first_byte = loop {
+        assert!(Instant::now() < end, "the slow peer was never dropped");
+        match framer.deadline(per_frame, None) {
+            Some(at) => w.local().read_deadline(conn, (), None, at).unwrap(),
+            None => w.local().read(conn, (), None).unwrap(),
+        }
+        let d = one(&mut w);
+        if matches!(d.result, Err(Error::Deadline)) {
+            break framer.deadline(per_frame, None).unwrap() - per_frame;
+        }
+        assert!(d.result.is_ok() && d.size > 0);
+        reads += 1;
+        framer
+            .feed(&d.data, |_| panic!("no line ever ends"))
+            .unwrap();
+    };
+    assert!(reads >= 2, "{reads} reads: the peer did trickle");
+    assert!(Instant::now() >= first_byte + per_frame, "dropped early");
+    w.local().free(conn).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(w);
+    peer.join().unwrap();
+}

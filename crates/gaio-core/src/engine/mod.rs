@@ -29,9 +29,9 @@ use crate::conn::Token;
 use crate::driver::{Bytes, Driver, Got, Landed, On, Step, Swap};
 use crate::queue::{Cmd, Shared};
 use crate::req::{Buf, Direction, EXPIRED, Kind, NO_TIMER, Req, Step as ReadStep};
-use crate::{Conn, Error, Op, Result, Stats};
+use crate::{Conn, Error, Flow, Op, Result, Stats};
 
-use table::ConnState;
+use table::{ConnState, PAUSES, UNWRITABLE};
 pub(crate) use table::{Life, Parts, Queue, Table};
 use timer::Timers;
 pub(crate) use turn::TurnState;
@@ -40,6 +40,10 @@ use turn::WorkSet;
 /// `EPERM`, which epoll answers for fds it cannot watch (regular files): the same
 /// value on every unix, so gaio-core needs no libc for it.
 const EPERM: i32 = 1;
+
+/// The most bytes one connection may have queued for writing: its count is a
+/// `u32`, so every write limit is at most this.
+const MAX_QUEUED: usize = u32::MAX as usize;
 
 /// What a completion hands back.
 #[derive(Debug)]
@@ -125,8 +129,11 @@ pub(crate) struct Core<C> {
     now: Option<Instant>,
     /// The watcher was closed: every request is refused.
     pub closed: bool,
-    /// Bytes a connection may have queued for writing (`usize::MAX`: no limit).
+    /// Bytes a connection may have queued for writing (at most 4 GiB).
     write_limit: usize,
+    /// The write watermarks connections use (`ConnState::flow` indexes it);
+    /// the first is the builder's, for every new connection.
+    flows: Vec<Flow>,
     /// Connections accepted this turn, installed before the batch is handed out.
     accepted: Vec<(Conn, OwnedFd)>,
     /// Listeners waiting out fd exhaustion.
@@ -147,7 +154,12 @@ impl<C> std::ops::DerefMut for Engine<C> {
 }
 
 impl<C> Engine<C> {
-    pub fn new(shared: Arc<Shared<C>>, driver: Driver, write_limit: Option<usize>) -> Engine<C> {
+    pub fn new(
+        shared: Arc<Shared<C>>,
+        driver: Driver,
+        write_limit: Option<usize>,
+        flow: Flow,
+    ) -> Engine<C> {
         Engine {
             table: Table::new(),
             core: Core {
@@ -162,7 +174,8 @@ impl<C> Engine<C> {
                 woken: false,
                 now: None,
                 closed: false,
-                write_limit: write_limit.unwrap_or(usize::MAX),
+                write_limit: write_limit.map_or(MAX_QUEUED, |l| l.min(MAX_QUEUED)),
+                flows: vec![flow],
                 accepted: Vec::new(),
                 backoff: Vec::new(),
             },
@@ -198,12 +211,11 @@ impl<C> Engine<C> {
             ?kind,
             "gaio register"
         );
-        table.get_or_grow(conn.slot).install(
-            fd,
-            conn.generation,
-            kind == FdKind::Socket,
-            connecting,
-        );
+        let c = table.get_or_grow(conn.slot);
+        c.install(fd, conn.generation, kind == FdKind::Socket, connecting);
+        if core.flows[0].pauses_reads() {
+            c.wstate = PAUSES;
+        }
         core.stats.conns += 1;
         Ok(())
     }
@@ -260,7 +272,14 @@ impl<C> Engine<C> {
         let live = table.live_mut(conn.slot, conn.generation);
         let len = req.buf.len();
         if let Some(c) = &live {
-            if kind == Kind::Write && c.queued + len > core.write_limit && !c.life.is_ending() {
+            if kind == Kind::Write && c.queued as usize + len > core.write_limit {
+                if c.life.is_ending() {
+                    // It would complete with ConnClosed anyway; it must not
+                    // take the count past 4 GiB.
+                    core.pending(dir, 1);
+                    core.finish(conn, req, 0, Err(Error::ConnClosed), Extra::None);
+                    return Ok(());
+                }
                 if refuse {
                     return Err(Error::WriteLimit);
                 }
@@ -275,9 +294,15 @@ impl<C> Engine<C> {
             return Ok(());
         };
         if kind == Kind::Write {
-            // Every queued write counts until it leaves its queue (`end`, `wrote`).
-            c.queued += len;
+            // Every queued write counts until it leaves its queue (`unqueue`).
+            c.queued += len as u32; // the write limit keeps it under 4 GiB
             core.stats.queued_write_bytes += len;
+            if c.is_writable() && c.queued as usize > core.flows[c.flow as usize].high() {
+                core.unwritable(c);
+            }
+        } else if kind == Kind::Writable {
+            core.wait_writable(c, conn, req);
+            return Ok(());
         }
         if c.life.is_ending() {
             // Freed or closing, not closed yet: it completes with ConnClosed when
@@ -395,6 +420,51 @@ impl<C> Engine<C> {
         core.driver.detach(fd.as_fd());
         core.close(c, conn.slot);
         Ok(fd)
+    }
+
+    /// Gives `conn` the watermarks `flow`, judged again at once against what
+    /// is queued now.
+    pub fn set_flow(&mut self, conn: Conn, flow: Flow) -> Result<()> {
+        let Engine { table, core } = self;
+        let c = table
+            .live_mut(conn.slot, conn.generation)
+            .filter(|_| conn.watcher == core.id)
+            .ok_or(Error::ConnClosed)?;
+        let index = match core.flows.iter().position(|f| *f == flow) {
+            Some(i) => i,
+            None if core.flows.len() <= u8::MAX as usize => {
+                core.flows.push(flow);
+                core.flows.len() - 1
+            }
+            None => {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a watcher holds at most 256 different flows",
+                )));
+            }
+        };
+        let was_paused = c.reads_paused();
+        c.flow = index as u8;
+        c.wstate = (c.wstate & UNWRITABLE) | if flow.pauses_reads() { PAUSES } else { 0 };
+        let queued = c.queued as usize;
+        if c.is_writable() && queued > flow.high() {
+            core.unwritable(c);
+        } else if !c.is_writable() && queued <= flow.low() {
+            core.writable_again(c, conn.slot);
+        }
+        if was_paused && !c.reads_paused() {
+            core.mark_dirty(c, conn.slot); // its reads go on
+        }
+        Ok(())
+    }
+
+    /// Whether `conn` is writable (`false` for a stale one).
+    pub fn is_writable(&mut self, conn: Conn) -> bool {
+        conn.watcher == self.core.id
+            && self
+                .table
+                .live_mut(conn.slot, conn.generation)
+                .is_some_and(|c| c.is_writable())
     }
 
     /// Frees every live connection at once.
@@ -536,6 +606,7 @@ impl<C> Engine<C> {
         core.stats.pending_reads = 0;
         core.stats.pending_writes = 0;
         core.stats.queued_write_bytes = 0;
+        core.stats.unwritable_conns = 0;
         core.accepted.clear();
         core.backoff.clear();
     }
@@ -614,9 +685,11 @@ impl<C> Core<C> {
         loop {
             while self.read_step(c, slot, swap) {}
             let connecting = c.life == Life::Connecting;
+            let paused = c.reads_paused();
             while self.write_step(c, slot) {}
-            // Reads waited for a connect that just finished.
-            if !connecting || c.life == Life::Connecting {
+            // Reads waited for a connect that just finished, or for writes to
+            // drain to the low watermark.
+            if (!connecting || c.life == Life::Connecting) && (!paused || c.reads_paused()) {
                 break;
             }
         }
@@ -645,6 +718,9 @@ impl<C> Core<C> {
             return Err(self.end_over(c, slot, dir));
         }
         let kind = head.kind();
+        if dir == Direction::Read && c.reads_paused() && kind != Kind::Accept {
+            return Err(false); // waits for the writes to drain (`writable_again`)
+        }
         // Not ready (readiness) or an operation out (completion): nothing to
         // do until the driver reports. Control requests need no readiness.
         if matches!(kind, Kind::Read | Kind::ReadFull | Kind::Write)
@@ -812,8 +888,7 @@ impl<C> Core<C> {
                 return;
             }
         };
-        c.queued -= written;
-        self.stats.queued_write_bytes -= written;
+        self.unqueue(c, written);
         let mut q = c.queue(Direction::Write);
         while written > 0 {
             let head = q.head.as_mut().expect("bytes written belong to a request");
@@ -828,6 +903,7 @@ impl<C> Core<C> {
             let size = req.done();
             self.finish(conn, req, size, Ok(()), Extra::None);
         }
+        self.check_writable(c, slot);
     }
 
     /// A nonblocking connect finished; whether to go on.
@@ -914,6 +990,68 @@ impl<C> Core<C> {
         }
     }
 
+    /// Queued bytes went above the high watermark: not writable (reads pause
+    /// if its flow says so) until they are back at the low one.
+    #[cold]
+    fn unwritable(&mut self, c: &mut ConnState<C>) {
+        c.wstate |= UNWRITABLE;
+        self.stats.unwritable_conns += 1;
+    }
+
+    /// `n` queued bytes left (sent, or their write ended).
+    #[inline]
+    fn unqueue(&mut self, c: &mut ConnState<C>, n: usize) {
+        c.queued -= n as u32;
+        self.stats.queued_write_bytes -= n;
+    }
+
+    /// After writes left the queue (and completed): at the low watermark the
+    /// connection is writable again.
+    #[inline]
+    fn check_writable(&mut self, c: &mut ConnState<C>, slot: u32) {
+        if !c.is_writable() && c.queued as usize <= self.flows[c.flow as usize].low() {
+            self.writable_again(c, slot);
+        }
+    }
+
+    /// Writable again: the `writable` requests complete and paused reads go on
+    /// (`progress` takes their step).
+    #[cold]
+    fn writable_again(&mut self, c: &mut ConnState<C>, slot: u32) {
+        c.wstate &= !UNWRITABLE;
+        self.stats.unwritable_conns -= 1;
+        let conn = self.conn(slot, c.generation);
+        self.end_waiters(c, conn, false);
+    }
+
+    /// A `writable` request: complete at once if the connection is writable
+    /// (or ending: `ConnClosed`), else kept until it is.
+    fn wait_writable(&mut self, c: &mut ConnState<C>, conn: Conn, req: Req<C>) {
+        if c.life.is_ending() {
+            self.finish(conn, req, 0, Err(Error::ConnClosed), Extra::None);
+        } else if c.is_writable() {
+            self.finish(conn, req, 0, Ok(()), Extra::None);
+        } else {
+            c.spill_mut().waiters.push(req);
+        }
+    }
+
+    /// Completes every `writable` request waiting on `c`: `Ok`, or
+    /// `ConnClosed` when `closed`.
+    fn end_waiters(&mut self, c: &mut ConnState<C>, conn: Conn, closed: bool) {
+        let Some(waiters) = c.waiters_mut() else {
+            return;
+        };
+        for req in waiters.drain(..) {
+            let res = if closed {
+                Err(Error::ConnClosed)
+            } else {
+                Ok(())
+            };
+            self.finish(conn, req, 0, res, Extra::None);
+        }
+    }
+
     /// A swap-buffer read waits for the next batch's swap space.
     fn wait_for_swap(&mut self, c: &mut ConnState<C>, slot: u32) {
         self.work.wait_for_swap(c, slot);
@@ -922,10 +1060,9 @@ impl<C> Core<C> {
     /// Completes `req` (out of its queue) with `result` and the bytes it moved;
     /// a write's unsent bytes leave the connection's count.
     fn end(&mut self, c: &mut ConnState<C>, slot: u32, req: Req<C>, result: Result<()>) {
-        if req.kind() == Kind::Write {
-            let unsent = req.unsent().len();
-            c.queued -= unsent;
-            self.stats.queued_write_bytes -= unsent;
+        let write = req.kind() == Kind::Write;
+        if write {
+            self.unqueue(c, req.unsent().len());
         }
         let done = req.done();
         self.finish(
@@ -935,6 +1072,9 @@ impl<C> Core<C> {
             result,
             Extra::None,
         );
+        if write {
+            self.check_writable(c, slot);
+        }
     }
 
     /// Closes the connection in `c`: its fd now, its `Conn` goes stale, every
@@ -961,6 +1101,11 @@ impl<C> Core<C> {
             .chain(writes.iter_mut())
             .map(Req::doom)
             .count();
+        self.end_waiters(c, conn, true);
+        if !c.is_writable() {
+            c.wstate &= !UNWRITABLE;
+            self.stats.unwritable_conns -= 1;
+        }
         c.close();
         self.stats.conns -= 1;
         self.stats.freed += 1;

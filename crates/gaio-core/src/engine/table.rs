@@ -12,6 +12,12 @@ use crate::req::{Direction, Kind, Req};
 
 const CHUNK: usize = 256;
 
+/// `ConnState::wstate`: queued bytes went above the high watermark and have
+/// not fallen to the low one since.
+pub(crate) const UNWRITABLE: u8 = 1;
+/// `ConnState::wstate`: its flow pauses reads while it is not writable.
+pub(crate) const PAUSES: u8 = 2;
+
 /// A connection's life. Transitions, all in [`Engine`](super::Engine):
 ///
 /// ```text
@@ -64,6 +70,8 @@ impl Life {
 pub(crate) struct Spill<C> {
     reads: VecDeque<Req<C>>,
     writes: VecDeque<Req<C>>,
+    /// `writable` requests waiting for the connection to be writable again.
+    pub waiters: Vec<Req<C>>,
 }
 
 /// One connection's requests in one direction, in order: the head inline, the
@@ -146,8 +154,13 @@ pub(crate) struct ConnState<C> {
     pub swap_wait: bool,
     /// Has requests (or a `free`) from this turn that have not been tried yet.
     pub dirty: bool,
-    /// Bytes of the queued writes not sent yet (what the write limit bounds).
-    pub queued: usize,
+    /// Bytes of the queued writes not sent yet (what the watermarks and the
+    /// write limit bound; at most 4 GiB).
+    pub queued: u32,
+    /// Its write watermarks: an index into the engine's flows.
+    pub flow: u8,
+    /// `UNWRITABLE` and `PAUSES` bits.
+    pub wstate: u8,
     read: Option<Req<C>>,
     write: Option<Req<C>>,
     spill: Option<Box<Spill<C>>>,
@@ -164,6 +177,8 @@ impl<C> ConnState<C> {
             swap_wait: false,
             dirty: false,
             queued: 0,
+            flow: 0,
+            wstate: 0,
             read: None,
             write: None,
             spill: None,
@@ -269,22 +284,47 @@ impl<C> ConnState<C> {
             *head = Some(req);
             return;
         }
-        let spill = self.spill.get_or_insert_with(|| {
-            Box::new(Spill {
-                reads: VecDeque::new(),
-                writes: VecDeque::new(),
-            })
-        });
+        let spill = self.spill_mut();
         match dir {
             Direction::Read => spill.reads.push_back(req),
             Direction::Write => spill.writes.push_back(req),
         }
     }
 
+    /// The box of requests beyond the first of each direction, made if needed.
+    pub fn spill_mut(&mut self) -> &mut Spill<C> {
+        self.spill.get_or_insert_with(|| {
+            Box::new(Spill {
+                reads: VecDeque::new(),
+                writes: VecDeque::new(),
+                waiters: Vec::new(),
+            })
+        })
+    }
+
+    /// The `writable` requests waiting, if any ever did.
+    pub fn waiters_mut(&mut self) -> Option<&mut Vec<Req<C>>> {
+        self.spill.as_mut().map(|s| &mut s.waiters)
+    }
+
+    /// Whether the connection is writable (queued bytes have not gone above
+    /// the high watermark, or have fallen back to the low one since).
+    #[inline]
+    pub fn is_writable(&self) -> bool {
+        self.wstate & UNWRITABLE == 0
+    }
+
+    /// Whether reads wait: not writable, and its flow pauses reads.
+    #[inline]
+    pub fn reads_paused(&self) -> bool {
+        self.wstate == UNWRITABLE | PAUSES
+    }
+
     /// Back to vacant under the next generation; the queues must be empty and
     /// the driver hold nothing of it.
     pub fn retire(&mut self, next_generation: u32) {
         debug_assert!(self.read.is_none() && self.write.is_none());
+        debug_assert!(self.spill.as_ref().is_none_or(|s| s.waiters.is_empty()));
         debug_assert!(self.io.is_idle(), "retired with driver work left");
         *self = ConnState {
             generation: next_generation,
