@@ -8,10 +8,15 @@
 //!   client, never back to its sender, in the order sent;
 //! - a line longer than that closes its sender's connection (the lines before
 //!   it are delivered);
+//! - a client that falls behind in reading stops being read once 256 KiB of
+//!   lines are queued for it (it cannot talk while it does not listen; TCP
+//!   pushes back on it), and is read again at 64 KiB (`gaio::Flow` with paused
+//!   reads);
 //! - a client that stops reading is disconnected once it has 4 MiB or 256
 //!   writes queued (`--queue BYTES` changes the first) beyond its 64 KiB
 //!   kernel send buffer (`--sndbuf`), and the others go on unhindered; a
 //!   partial line at EOF is dropped.
+//! - SIGINT or SIGTERM shuts it down gracefully (exit status 0).
 //!
 //! How: a read's complete lines become one `Arc<[u8]>`, broadcast as a message
 //! to every watcher (the sender's included); each watcher writes that one
@@ -27,6 +32,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gaio::Flow;
 use gaio::core::{Conn, Error, Op, Requests};
 use gaio::pool::{Event, Io, Pool};
 
@@ -170,41 +176,45 @@ fn main() {
         cli.usage_error("--listen ADDR is required")
     };
 
-    let pool = builder.write_limit(Some(queue)).build(|_watcher| {
-        let mut room = Room::default();
-        move |io: &Io<Ctx, Lines>, ev: Event<'_, Ctx, Lines>| match ev {
-            Event::Connected { conn, .. } => {
-                room.clients.insert(conn, Client::default());
-                if io.read(conn, Ctx::Read, None).is_err() {
-                    room.leave(io, conn);
-                }
-            }
-            Event::Message(msg) => room.deliver(io, &msg),
-            Event::Completed(res) => match (res.op, res.ctx) {
-                (Op::Read, Ctx::Read) => {
-                    let fine = res.result.is_ok() && res.size > 0;
-                    if fine
-                        && room.heard(io, res.conn, res.data())
-                        && io.read(res.conn, Ctx::Read, None).is_ok()
-                    {
-                        return;
+    let pool = builder
+        .write_limit(Some(queue))
+        .flow(Flow::new(64 << 10, 256 << 10).pause_reads(true))
+        .grace(Duration::from_secs(1))
+        .build(|_watcher| {
+            let mut room = Room::default();
+            move |io: &Io<Ctx, Lines>, ev: Event<'_, Ctx, Lines>| match ev {
+                Event::Connected { conn, .. } => {
+                    room.clients.insert(conn, Client::default());
+                    if io.read(conn, Ctx::Read, None).is_err() {
+                        room.leave(io, conn);
                     }
-                    // EOF, error, or a line too long.
-                    room.leave(io, res.conn);
                 }
-                (_, Ctx::Write) => {
-                    if let Some(c) = room.clients.get_mut(&res.conn) {
-                        c.writes -= 1;
-                        if matches!(res.result, Err(ref e) if !matches!(e, Error::Deadline)) {
-                            room.leave(io, res.conn);
+                Event::Message(msg) => room.deliver(io, &msg),
+                Event::Completed(res) => match (res.op, res.ctx) {
+                    (Op::Read, Ctx::Read) => {
+                        let fine = res.result.is_ok() && res.size > 0;
+                        if fine
+                            && room.heard(io, res.conn, res.data())
+                            && io.read(res.conn, Ctx::Read, None).is_ok()
+                        {
+                            return;
+                        }
+                        // EOF, error, or a line too long.
+                        room.leave(io, res.conn);
+                    }
+                    (_, Ctx::Write) => {
+                        if let Some(c) = room.clients.get_mut(&res.conn) {
+                            c.writes -= 1;
+                            if matches!(res.result, Err(ref e) if !matches!(e, Error::Deadline)) {
+                                room.leave(io, res.conn);
+                            }
                         }
                     }
-                }
-                _ => room.leave(io, res.conn),
-            },
-            _ => {}
-        }
-    });
+                    _ => room.leave(io, res.conn),
+                },
+                _ => {}
+            }
+        });
     let pool = pool.unwrap_or_else(|e| {
         cli.fail(format!(
             "cannot start the pool: {}",
@@ -235,8 +245,12 @@ fn main() {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    common::wait_for_ctrl_c();
-    pool.shutdown(Duration::from_secs(1));
+    if let Err(e) = pool.run() {
+        cli.fail(format!(
+            "cannot wait for a signal: {}",
+            common::gaio_reason(&e)
+        ));
+    }
 }
 
 /// A listener whose accepted connections inherit `SO_SNDBUF` (Linux does).

@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo run --release --example echo-pool -- --watchers 2 --stats 5`
 //! Prints `listening on ADDR` first, then (with `--stats N`) per-watcher figures
-//! every N seconds, and once more on Ctrl-C before a graceful shutdown.
+//! every N seconds. SIGINT (Ctrl-C) or SIGTERM shuts it down gracefully; the
+//! figures are printed once more and it exits with status 0.
 //!
 //! Options: `--listen ADDR` (default 127.0.0.1:0), `--watchers N` (default: cores),
 //! `--balancer round-robin|least-conn|source-hash`, `--reuseport`, `--stats SECS`,
@@ -13,10 +14,10 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gaio::core::{Buffer, Op, Requests};
-use gaio::pool::{BalancerKind, Event, Io, Pool};
+use gaio::pool::{BalancerKind, Event, Handle, Io, Pool};
 
 const USAGE: &str = "\
 usage: echo-pool [--listen ADDR] [--watchers N] [--balancer round-robin|least-conn|source-hash] [--backend auto|epoll|uring]
@@ -51,36 +52,39 @@ fn main() {
         }
     }
 
-    let pool = builder.balancer(balancer).build(|_watcher| {
-        let mut spare: Vec<Vec<u8>> = Vec::new();
-        move |io: &Io<()>, ev: Event<'_, ()>| {
-            let res = match ev {
-                Event::Connected { conn, .. } => {
-                    let _ = io.read(conn, (), None);
-                    return;
-                }
-                Event::Completed(res) => res,
-                _ => return,
-            };
-            match res.op {
-                Op::Read if res.result.is_ok() && res.size > 0 => {
-                    let mut out = spare.pop().unwrap_or_default();
-                    out.extend_from_slice(res.data());
-                    let _ = io.write(res.conn, (), out);
-                }
-                Op::Write if res.result.is_ok() => {
-                    if let Buffer::Owned(mut v) = res.buffer {
-                        v.clear();
-                        spare.push(v);
+    let pool = builder
+        .balancer(balancer)
+        .grace(Duration::from_secs(1))
+        .build(|_watcher| {
+            let mut spare: Vec<Vec<u8>> = Vec::new();
+            move |io: &Io<()>, ev: Event<'_, ()>| {
+                let res = match ev {
+                    Event::Connected { conn, .. } => {
+                        let _ = io.read(conn, (), None);
+                        return;
                     }
-                    let _ = io.read(res.conn, (), None);
-                }
-                _ => {
-                    let _ = io.free(res.conn);
+                    Event::Completed(res) => res,
+                    _ => return,
+                };
+                match res.op {
+                    Op::Read if res.result.is_ok() && res.size > 0 => {
+                        let mut out = spare.pop().unwrap_or_default();
+                        out.extend_from_slice(res.data());
+                        let _ = io.write(res.conn, (), out);
+                    }
+                    Op::Write if res.result.is_ok() => {
+                        if let Buffer::Owned(mut v) = res.buffer {
+                            v.clear();
+                            spare.push(v);
+                        }
+                        let _ = io.read(res.conn, (), None);
+                    }
+                    _ => {
+                        let _ = io.free(res.conn);
+                    }
                 }
             }
-        }
-    });
+        });
     let pool = pool.unwrap_or_else(|e| {
         cli.fail(format!(
             "cannot start the pool: {}",
@@ -105,35 +109,36 @@ fn main() {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    common::catch_ctrl_c();
-    // The main thread has nothing to do but report: it wakes at most every 100 ms
-    // to notice Ctrl-C, and prints when a stats period is up.
-    const TICK: Duration = Duration::from_millis(100);
-    let mut next = stats_every.and_then(|d| Instant::now().checked_add(d));
-    while !common::interrupted() {
-        let now = Instant::now();
-        match next {
-            Some(at) if at <= now => {
-                print_stats(&pool);
-                next = stats_every.and_then(|d| now.checked_add(d));
+    // Figures, if asked for, from a thread of their own: the main thread
+    // serves until SIGINT or SIGTERM.
+    if let Some(every) = stats_every {
+        let handle = pool.handle();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                print_stats(&handle);
             }
-            Some(at) => std::thread::sleep((at - now).min(TICK)),
-            None => std::thread::sleep(TICK),
-        }
+        });
     }
-    print_stats(&pool);
-    pool.shutdown(Duration::from_secs(1));
+    let handle = pool.handle();
+    if let Err(e) = pool.run() {
+        cli.fail(format!(
+            "cannot wait for a signal: {}",
+            common::gaio_reason(&e)
+        ));
+    }
+    print_stats(&handle);
 }
 
-fn print_stats(pool: &Pool<()>) {
+fn print_stats(pool: &Handle<()>) {
     // A closed stdout (the reader went away) must not take the server down.
     let mut out = std::io::stdout().lock();
     for s in pool.stats().watchers {
         let _ = writeln!(
             out,
-            "watcher {}: live {} accepts {} completions {} pending r/w {}/{} queued {} B",
+            "watcher {}: conns {} accepts {} completions {} pending r/w {}/{} queued {} B",
             s.index,
-            s.live_conns,
+            s.conns,
             s.accepts,
             s.completions,
             s.pending_reads,

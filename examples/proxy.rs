@@ -4,14 +4,17 @@
 //! Run: `cargo run --release --example proxy -- --listen 127.0.0.1:0 --upstream 127.0.0.1:7000`
 //! Prints `listening on ADDR` first.
 //!
-//! Backpressure without a buffer per connection: each direction has at most one
-//! chunk in flight, read into the swap buffer and copied into a recycled write
-//! buffer, and the next read from a side waits until that chunk was written to
-//! the other. So when one side stops reading, the proxy stops reading from the
-//! other, and memory stays bounded whatever the peers do. A half-close (EOF) on
-//! one side becomes a shutdown of the other's write side after everything before
-//! it was written; the other direction goes on until it ends too, then both
-//! close.
+//! Backpressure without a buffer per idle connection (`gaio::Flow`): a chunk
+//! read from one side (into the swap buffer, copied into a recycled write
+//! buffer) is queued for the other, and the next read from that side follows
+//! at once while the other side is writable — chunks stream, several in
+//! flight. Once more than the high watermark (64 KiB) waits for the other side,
+//! the proxy stops reading this one and asks to be told (`writable`) when it is
+//! back at the low one (32 KiB). So when one side stops reading, the proxy stops
+//! reading from the other, and memory stays bounded whatever the peers do. A
+//! half-close (EOF) on one side becomes a shutdown of the other's write side
+//! after everything before it was written; the other direction goes on until
+//! it ends too, then both close.
 
 mod common;
 
@@ -36,8 +39,10 @@ enum Ctx {
     Accept,
     Connect,
     Read,
-    /// A chunk read from `from`, written to its peer.
-    Write {
+    /// A chunk written to a side.
+    Write,
+    /// The other side of `from` is writable again: read `from` on.
+    Resume {
         from: Conn,
     },
     Shutdown,
@@ -151,8 +156,14 @@ fn serve(
                     };
                     let mut out = spare.pop().unwrap_or_default();
                     out.extend_from_slice(data);
-                    // The next read from `conn` waits for this write: backpressure.
-                    io.write(side.peer, Ctx::Write { from: conn }, out)?;
+                    let peer = side.peer;
+                    io.write(peer, Ctx::Write, out)?;
+                    if io.is_writable(peer) {
+                        io.read(conn, Ctx::Read, None)?;
+                    } else {
+                        // Backpressure: read `conn` again once `peer` caught up.
+                        io.writable(peer, Ctx::Resume { from: conn })?;
+                    }
                 }
                 (Ctx::Read, _) if ok => {
                     // EOF: pass the half-close on, after the bytes before it.
@@ -170,15 +181,21 @@ fn serve(
                         io.close(peer, Ctx::Close, None)?;
                     }
                 }
-                (Ctx::Write { from }, buffer) if ok => {
+                (Ctx::Write, buffer) if ok => {
                     if let Buffer::Owned(mut v) = buffer {
-                        v.clear();
-                        spare.push(v);
+                        if v.capacity() <= 64 << 10 {
+                            v.clear();
+                            spare.push(v);
+                        }
                     }
+                }
+                (Ctx::Resume { from }, _) if ok => {
                     if sides.contains_key(&from) {
                         io.read(from, Ctx::Read, None)?;
                     }
                 }
+                // The pair is gone: nothing to resume.
+                (Ctx::Resume { .. }, _) => {}
                 (Ctx::Connect | Ctx::Close, _) => {}
                 (Ctx::Shutdown, _) if ok => {}
                 // A reset, a failed write or shutdown: the pair is over.

@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo run --release --example resp-server -- --listen 127.0.0.1:0 [--watchers N]`
 //! Prints `listening on ADDR` first; then `redis-cli -p PORT` and
-//! `redis-benchmark -p PORT` work against it.
+//! `redis-benchmark -p PORT` work against it. Runs until SIGINT or SIGTERM,
+//! then shuts down gracefully (exit status 0).
 //!
 //! The store: 64 shards, each a `Mutex<HashMap>`, picked by a hash of the key.
 //! Every watcher serves its own connections and locks only the shard of the key
@@ -11,11 +12,18 @@
 //! only on the same shard at the same moment. Expired keys are removed when
 //! touched and are never returned.
 //!
-//! Per connection: whatever one read brings is parsed as far as it goes (a
-//! pipeline of many commands), all replies go out in one write, and the next
-//! read is submitted when that write completes (a client that pipelines without
-//! reading stalls itself, not the server). A partial command waits in a buffer
-//! of the connection's own; an idle connection holds none.
+//! Per connection, flow control in the library's terms (`gaio::Flow`): the
+//! commands one read brings (a pipeline) are run while the connection is
+//! writable, their replies going out in writes of about 64 KiB. When the
+//! replies queued for the client pass the high watermark (64 KiB), the server
+//! stops running commands and reading, and asks to be told (`writable`) when
+//! the client has taken them down to the low one (32 KiB). So a client that
+//! pipelines and reads gets every reply; a client that stops reading stops
+//! being read — TCP pushes back on it — and costs at most the watermark, one
+//! reply and one read's worth of unrun commands, and gets every reply once it
+//! reads again. (redis-server's default output buffer for normal clients is
+//! unlimited.) Unrun commands wait in a buffer of the connection's own; an idle
+//! connection holds none.
 
 mod common;
 
@@ -26,6 +34,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use gaio::Flow;
 use gaio::core::{Buffer, Conn, Op, Requests};
 use gaio::pool::{Event, Io, Pool};
 
@@ -789,24 +798,90 @@ fn incr(store: &Store, key: &[u8], by: i64, now: Instant, out: &mut Out<'_>) {
 enum Ctx {
     Read,
     Write,
+    /// The connection is writable again: run the commands waiting.
+    Resume,
     Close,
 }
+
+/// Replies gathered into one write before it goes out (and writability is
+/// checked again).
+const BATCH: usize = 64 << 10;
 
 /// One connection's state on its watcher.
 #[derive(Default)]
 struct Session {
-    /// The start of a command whose end has not arrived yet.
+    /// Commands read and not run yet (the connection was not writable), and
+    /// the start of a command whose end has not arrived yet.
     partial: Vec<u8>,
 }
 
-/// Parses and runs every complete command in `data`; returns the bytes taken
-/// and whether to close after the replies.
+/// What a connection needs from its watcher, besides the store.
+struct Server<'a> {
+    store: &'a Store,
+    max_bulk: usize,
+    /// Write buffers handed back, reused.
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+impl Server<'_> {
+    /// Runs the commands of `fresh` (just read) after those waiting in `s`,
+    /// while `conn` is writable; then reads on once every whole command ran,
+    /// or waits for writability.
+    fn pump(
+        &mut self,
+        io: &Io<'_, Ctx>,
+        conn: Conn,
+        s: &mut Session,
+        mut fresh: &[u8],
+    ) -> gaio::Result<()> {
+        loop {
+            if !io.is_writable(conn) {
+                s.partial.extend_from_slice(fresh);
+                return io.writable(conn, Ctx::Resume);
+            }
+            let mut out = self.spare.pop().unwrap_or_default();
+            let (used, after) = if s.partial.is_empty() {
+                // The common case: straight from the read, no copy.
+                let (used, after) = serve(self.store, fresh, self.max_bulk, &mut out);
+                fresh = &fresh[used..];
+                (used, after)
+            } else {
+                s.partial.extend_from_slice(fresh);
+                fresh = &[];
+                let (used, after) = serve(self.store, &s.partial, self.max_bulk, &mut out);
+                s.partial.drain(..used);
+                (used, after)
+            };
+            if after == After::Close {
+                // Replies first, then the connection closes.
+                io.write(conn, Ctx::Write, out)?;
+                return io.close(conn, Ctx::Close, None);
+            }
+            if !out.is_empty() {
+                io.write(conn, Ctx::Write, out)?;
+            } else {
+                self.spare.push(out);
+            }
+            if used == 0 {
+                // No whole command left: keep the tail and read on.
+                s.partial.extend_from_slice(fresh);
+                if s.partial.is_empty() {
+                    s.partial = Vec::new(); // an idle connection holds no buffer
+                }
+                return io.read(conn, Ctx::Read, None);
+            }
+        }
+    }
+}
+
+/// Parses and runs the complete commands in `data` until their replies fill
+/// [`BATCH`]; returns the bytes taken and whether to close after the replies.
 fn serve(store: &Store, data: &[u8], max_bulk: usize, out: &mut Vec<u8>) -> (usize, After) {
     // One clock reading per read: every command in it sees the same time.
     let now = Instant::now();
     let mut args: Vec<&[u8]> = Vec::new();
     let mut at = 0;
-    while at < data.len() {
+    while at < data.len() && out.len() < BATCH {
         args.clear();
         match parse(&data[at..], max_bulk, &mut args) {
             Parsed::Incomplete => break,
@@ -843,75 +918,61 @@ fn main() {
         cli.usage_error("--listen ADDR is required")
     };
     let store = Arc::new(Store::new());
-    let pool = builder.build(move |_watcher| {
-        let store = store.clone();
-        let mut sessions: HashMap<Conn, Session> = HashMap::new();
-        let mut spare: Vec<Vec<u8>> = Vec::new();
-        move |io: &Io<Ctx>, ev: Event<'_, Ctx>| {
-            let res = match ev {
-                Event::Connected { conn, .. } => {
-                    sessions.insert(conn, Session::default());
-                    if io.read(conn, Ctx::Read, None).is_err() {
-                        sessions.remove(&conn);
-                        let _ = io.free(conn);
-                    }
-                    return;
-                }
-                Event::Completed(res) => res,
-                _ => return,
-            };
-            let conn = res.conn;
-            let next = match (res.op, &res.ctx) {
-                (Op::Read, Ctx::Read) if res.result.is_ok() && res.size > 0 => {
-                    let Some(s) = sessions.get_mut(&conn) else {
-                        return;
-                    };
-                    let mut out = spare.pop().unwrap_or_default();
-                    let after = if s.partial.is_empty() {
-                        let (used, after) = serve(&store, res.data(), max_bulk, &mut out);
-                        s.partial.extend_from_slice(&res.data()[used..]);
-                        after
-                    } else {
-                        s.partial.extend_from_slice(res.data());
-                        let (used, after) = serve(&store, &s.partial, max_bulk, &mut out);
-                        s.partial.drain(..used);
-                        after
-                    };
-                    if s.partial.is_empty() {
-                        s.partial = Vec::new(); // an idle connection holds no buffer
-                    }
-                    if after == After::Close {
-                        // Replies first, then the connection closes.
-                        let _ = io.write(conn, Ctx::Write, out);
-                        Some(io.close(conn, Ctx::Close, None))
-                    } else if out.is_empty() {
-                        Some(io.read(conn, Ctx::Read, None))
-                    } else {
-                        Some(io.write(conn, Ctx::Write, out))
-                    }
-                }
-                (Op::Write, Ctx::Write) if res.result.is_ok() => {
-                    if let Buffer::Owned(mut v) = res.buffer {
-                        if v.capacity() <= 64 << 10 {
-                            v.clear();
-                            spare.push(v);
+    let pool = builder
+        .flow(Flow::DEFAULT)
+        .grace(Duration::from_secs(1))
+        .build(move |_watcher| {
+            let store = store.clone();
+            let mut sessions: HashMap<Conn, Session> = HashMap::new();
+            let mut spare: Vec<Vec<u8>> = Vec::new();
+            move |io: &Io<Ctx>, ev: Event<'_, Ctx>| {
+                let res = match ev {
+                    Event::Connected { conn, .. } => {
+                        sessions.insert(conn, Session::default());
+                        if io.read(conn, Ctx::Read, None).is_err() {
+                            sessions.remove(&conn);
+                            let _ = io.free(conn);
                         }
+                        return;
                     }
-                    sessions.get(&conn).map(|_| io.read(conn, Ctx::Read, None))
-                }
-                (Op::Close, _) => {
+                    Event::Completed(res) => res,
+                    _ => return,
+                };
+                let conn = res.conn;
+                let mut server = Server {
+                    store: &store,
+                    max_bulk,
+                    spare: &mut spare,
+                };
+                let next = match (res.op, &res.ctx) {
+                    (Op::Read, Ctx::Read) if res.result.is_ok() && res.size > 0 => sessions
+                        .get_mut(&conn)
+                        .map(|s| server.pump(io, conn, s, res.data())),
+                    (Op::Writable, Ctx::Resume) if res.result.is_ok() => sessions
+                        .get_mut(&conn)
+                        .map(|s| server.pump(io, conn, s, &[])),
+                    (Op::Write, Ctx::Write) if res.result.is_ok() => {
+                        if let Buffer::Owned(mut v) = res.buffer {
+                            if v.capacity() <= 2 * BATCH {
+                                v.clear();
+                                spare.push(v);
+                            }
+                        }
+                        None
+                    }
+                    (Op::Close, _) => {
+                        sessions.remove(&conn);
+                        None
+                    }
+                    // EOF, reset, a write that failed, or a wait the close ended.
+                    _ => Some(Err(gaio::Error::ConnClosed)),
+                };
+                if let Some(Err(_)) = next {
                     sessions.remove(&conn);
-                    None
+                    let _ = io.free(conn);
                 }
-                // EOF, reset, or a write that failed.
-                _ => Some(Err(gaio::Error::ConnClosed)),
-            };
-            if let Some(Err(_)) = next {
-                sessions.remove(&conn);
-                let _ = io.free(conn);
             }
-        }
-    });
+        });
     let pool = pool.unwrap_or_else(|e| {
         cli.fail(format!(
             "cannot start the pool: {}",
@@ -927,6 +988,10 @@ fn main() {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
 
-    common::wait_for_ctrl_c();
-    pool.shutdown(Duration::from_secs(1));
+    if let Err(e) = pool.run() {
+        cli.fail(format!(
+            "cannot wait for a signal: {}",
+            common::gaio_reason(&e)
+        ));
+    }
 }

@@ -42,6 +42,11 @@ pub use gaio_core as core;
 pub use gaio_pool as pool;
 
 pub use gaio_core::{
-    Backend, Buffer, Builder, Completion, Completions, Conn, ConnCounts, Error, Local, Op, Request,
-    Requests, Result, Stats, Submitter, Watcher, WriteBuf, framing,
+    Backend, Buffer, Builder, Completion, Completions, Conn, ConnCounts, Error, Flow, Local, Op,
+    Request, Requests, Result, Stats, Submitter, Watcher, WriteBuf, framing,
 };
+
+/// The README's code blocks, compiled (and the runnable ones run) by `cargo test`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -3,39 +3,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-/// `cargo test` builds the examples next to the test binaries' `deps` folder.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    dir.join(name)
-}
-
-/// Starts an example and reads its first line, which must be `listening on ADDR`.
-fn start(name: &str, args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(example(name))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e} (built by cargo test)"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    // The reader is dropped here: from now on the example's stdout is closed.
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name}: first line {line:?}"))
-        .parse()
-        .unwrap();
-    (child, addr)
-}
+use gaio_testkit::{example_path as example, start_example as start, status_kib};
 
 fn echo_through(addr: SocketAddr) {
     let mut c = TcpStream::connect(addr).unwrap();
@@ -154,15 +125,7 @@ fn listen_errors_name_the_address() {
     }
 }
 
-/// Kills the child when dropped, so a failing test leaves no server behind.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use gaio_testkit::Example as Server;
 
 /// Reads a nonblocking stream dry; whether it ended (EOF or a reset): the
 /// server dropped it.
@@ -179,17 +142,7 @@ fn drained_to_the_end(s: &mut TcpStream) -> bool {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    status_kib(pid, "VmRSS:")
-}
-
-/// A `kB` figure of `/proc/PID/status`.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    gaio_testkit::status_kib(pid, "VmRSS:")
 }
 
 /// The proxy contract: every byte both ways, many clients at once, through an
@@ -644,199 +597,4 @@ fn pool_examples_run_n_watcher_threads_plus_main() {
             assert_eq!(threads_of(server.0.id()), want, "{name} {args:?}");
         }
     }
-}
-
-/// A resp-server and a connection to it through the `redis` crate.
-fn resp() -> (Server, SocketAddr, redis::Connection) {
-    let (child, addr) = start("resp-server", &["--watchers", "2", "--max-bulk", "2097152"]);
-    let server = Server(child);
-    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-    let con = client.get_connection().unwrap();
-    (server, addr, con)
-}
-
-fn q<T: redis::FromRedisValue>(con: &mut redis::Connection, args: &[&str]) -> T {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn q_err(con: &mut redis::Connection, args: &[&str]) -> String {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    match c.query::<redis::Value>(con) {
-        Err(e) => e.to_string(),
-        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
-    }
-}
-
-#[test]
-fn resp_server_answers_every_command_like_redis() {
-    let (_server, _addr, mut c) = resp();
-    let c = &mut c;
-    assert_eq!(q::<String>(c, &["PING"]), "PONG");
-    assert_eq!(q::<String>(c, &["PING", "hi"]), "hi");
-    assert_eq!(q::<String>(c, &["ECHO", "x y"]), "x y");
-    // Strings, SET options, expiry.
-    assert_eq!(q::<String>(c, &["SET", "k", "v"]), "OK");
-    assert_eq!(q::<String>(c, &["GET", "k"]), "v");
-    assert_eq!(q::<Option<String>>(c, &["SET", "k", "w", "NX"]), None);
-    assert_eq!(q::<String>(c, &["GET", "k"]), "v");
-    assert_eq!(q::<Option<String>>(c, &["SET", "nope", "w", "XX"]), None);
-    assert_eq!(q::<Option<String>>(c, &["GET", "nope"]), None);
-    assert_eq!(q::<String>(c, &["SET", "k", "w", "XX", "EX", "100"]), "OK");
-    let ttl: i64 = q(c, &["TTL", "k"]);
-    assert!((99..=100).contains(&ttl), "ttl {ttl}");
-    assert_eq!(q::<i64>(c, &["TTL", "missing"]), -2);
-    assert_eq!(q::<String>(c, &["SET", "p", "1", "PX", "1"]), "OK");
-    // An expired key is never returned, whatever asks.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    while q::<Option<String>>(c, &["GET", "p"]).is_some() {
-        assert!(std::time::Instant::now() < until, "PX 1 never expired");
-    }
-    assert_eq!(q::<i64>(c, &["EXISTS", "p"]), 0);
-    assert_eq!(q::<i64>(c, &["TTL", "p"]), -2);
-    assert_eq!(q::<i64>(c, &["EXPIRE", "k", "50"]), 1);
-    assert_eq!(q::<i64>(c, &["EXPIRE", "missing", "50"]), 0);
-    // Counters.
-    assert_eq!(q::<i64>(c, &["INCR", "n"]), 1);
-    assert_eq!(q::<i64>(c, &["INCRBY", "n", "41"]), 42);
-    assert_eq!(q::<i64>(c, &["DECR", "n"]), 41);
-    assert!(q_err(c, &["INCR", "k"]).contains("not an integer"));
-    // Many keys.
-    assert_eq!(q::<String>(c, &["MSET", "a", "1", "b", "2"]), "OK");
-    assert_eq!(
-        q::<Vec<Option<String>>>(c, &["MGET", "a", "b", "zz"]),
-        [Some("1".into()), Some("2".into()), None]
-    );
-    assert_eq!(q::<i64>(c, &["DEL", "a", "b", "zz"]), 2);
-    assert_eq!(q::<i64>(c, &["EXISTS", "a", "k", "n"]), 2);
-    // Lists.
-    assert_eq!(q::<i64>(c, &["RPUSH", "l", "b", "c"]), 2);
-    assert_eq!(q::<i64>(c, &["LPUSH", "l", "a"]), 3);
-    assert_eq!(q::<i64>(c, &["LLEN", "l"]), 3);
-    assert_eq!(
-        q::<Vec<String>>(c, &["LRANGE", "l", "0", "-1"]),
-        ["a", "b", "c"]
-    );
-    assert_eq!(
-        q::<Vec<String>>(c, &["LRANGE", "l", "-2", "10"]),
-        ["b", "c"]
-    );
-    assert_eq!(q::<String>(c, &["LPOP", "l"]), "a");
-    assert_eq!(q::<String>(c, &["RPOP", "l"]), "c");
-    assert_eq!(q::<Vec<String>>(c, &["RPOP", "l", "5"]), ["b"]);
-    assert_eq!(q::<Option<String>>(c, &["LPOP", "l"]), None);
-    assert!(q_err(c, &["LPUSH", "k", "x"]).contains("WRONGTYPE"));
-    // Sets.
-    assert_eq!(q::<i64>(c, &["SADD", "s", "x", "y", "x"]), 2);
-    assert_eq!(q::<i64>(c, &["SCARD", "s"]), 2);
-    let one: String = q(c, &["SPOP", "s"]);
-    assert!(one == "x" || one == "y");
-    assert_eq!(q::<i64>(c, &["SCARD", "s"]), 1);
-    // Hashes.
-    assert_eq!(q::<i64>(c, &["HSET", "h", "f", "1", "g", "2"]), 2);
-    assert_eq!(q::<i64>(c, &["HSET", "h", "f", "3"]), 0);
-    assert_eq!(q::<String>(c, &["HGET", "h", "f"]), "3");
-    assert_eq!(q::<Option<String>>(c, &["HGET", "h", "none"]), None);
-    // Whole database.
-    assert_eq!(q::<i64>(c, &["DBSIZE"]), 4); // k, n, s, h: an emptied list is gone
-    assert_eq!(q::<String>(c, &["FLUSHALL"]), "OK");
-    assert_eq!(q::<i64>(c, &["DBSIZE"]), 0);
-    // Redis's error replies.
-    assert!(q_err(c, &["GET"]).contains("wrong number of arguments for 'get' command"));
-    assert!(q_err(c, &["NOSUCH", "x"]).contains("unknown command 'NOSUCH'"));
-    assert!(q_err(c, &["SET", "k", "v", "EX", "0"]).contains("invalid expire time"));
-    assert!(q_err(c, &["SET", "k", "v", "BOGUS"]).contains("syntax error"));
-    // What client tools send at start.
-    assert_eq!(
-        q::<Vec<String>>(c, &["CONFIG", "GET", "save"]),
-        ["save", ""]
-    );
-    assert_eq!(q::<String>(c, &["QUIT"]), "OK");
-}
-
-#[test]
-fn resp_server_pipelines_1000_commands_and_1_mib_values() {
-    let (_server, _addr, mut c) = resp();
-    let mut p = redis::pipe();
-    for i in 0..1000 {
-        p.cmd("SET").arg(format!("key{i}")).arg(i).ignore();
-    }
-    for i in 0..1000 {
-        p.cmd("GET").arg(format!("key{i}"));
-    }
-    let got: Vec<i64> = p.query(&mut c).unwrap();
-    assert_eq!(got, (0..1000).collect::<Vec<i64>>());
-    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let _: () = redis::cmd("SET")
-        .arg("big")
-        .arg(&big)
-        .query(&mut c)
-        .unwrap();
-    let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut c).unwrap();
-    assert!(back == big, "1 MiB value changed");
-    // Above --max-bulk (2 MiB here): refused, and the connection is closed.
-    let huge = vec![b'h'; 3 << 20];
-    let e = redis::cmd("SET").arg("huge").arg(&huge).query::<()>(&mut c);
-    assert!(e.is_err());
-}
-
-#[test]
-fn resp_server_serves_concurrent_clients_one_store() {
-    let (_server, addr, _c) = resp();
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-                let mut c = client.get_connection().unwrap();
-                for i in 0..500 {
-                    let _: i64 = redis::cmd("INCR").arg("shared").query(&mut c).unwrap();
-                    let _: () = redis::cmd("SET")
-                        .arg(format!("t{t}:{i}"))
-                        .arg(i)
-                        .query(&mut c)
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
-    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
-    let mut c = client.get_connection().unwrap();
-    let n: i64 = redis::cmd("GET").arg("shared").query(&mut c).unwrap();
-    assert_eq!(n, 8 * 500, "every INCR counted once");
-    let size: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
-    assert_eq!(size, 8 * 500 + 1);
-}
-
-#[test]
-fn resp_server_answers_malformed_input_with_an_error_and_closes() {
-    let (_server, addr, _c) = resp();
-    for bad in [
-        &b"*2\r\n$3\r\nGET\r\n:1\r\n"[..],
-        b"*x\r\n",
-        b"*1\r\n$-5\r\n",
-    ] {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(bad).unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).unwrap(); // ends: the server closed
-        let text = String::from_utf8_lossy(&got);
-        assert!(text.starts_with("-ERR Protocol error"), "{bad:?}: {text:?}");
-    }
-    // Inline commands work, as with telnet.
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"PING\r\nSET a b\r\nGET a\r\n").unwrap();
-    let mut got = vec![0; b"+PONG\r\n+OK\r\n$1\r\nb\r\n".len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, b"+PONG\r\n+OK\r\n$1\r\nb\r\n");
 }

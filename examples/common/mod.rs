@@ -188,29 +188,3 @@ fn raise_fd_limit() {
         }
     }
 }
-
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// From now on Ctrl-C (SIGINT) only sets the flag [`interrupted`] reads, so the
-/// server can shut down gracefully.
-pub fn catch_ctrl_c() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-}
-
-/// Whether Ctrl-C was pressed since [`catch_ctrl_c`].
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Blocks the calling (main) thread until Ctrl-C, noticing it within 100 ms.
-pub fn wait_for_ctrl_c() {
-    catch_ctrl_c();
-    while !interrupted() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}

@@ -347,6 +347,7 @@ fn ci(args: &[String]) -> Result<(), Fail> {
             cargo()
                 .current_dir(root)
                 .args(["test", "-p", "gaio-core", "-p", "gaio-pool", "-p", "gaio"])
+                .args(["-p", "gaio-resp-check"])
                 .args(["--tests"])
                 .env("GAIO_BACKEND", "uring"),
         )?,

@@ -4,10 +4,27 @@
 //! Hand a connected stream socket or pipe to a watcher (or let it accept or
 //! connect one), submit reads and writes with owned buffers (or none: the
 //! watcher's shared swap buffer), and collect completions in batches. Graceful
-//! close, half-close, a per-connection write limit, shared write buffers and a
-//! framing helper ([`framing`]) make a server out of it. An idle connection
+//! close, half-close, write watermarks and a write limit per connection, shared
+//! write buffers and a framing helper ([`framing`]) make a server out of it. An idle connection
 //! costs one slot in a table (about 100 bytes with a pending read) — no task, no
 //! thread, no buffer.
+//!
+//! # API index
+//!
+//! | to | use |
+//! |----|-----|
+//! | make a watcher | [`Watcher::new`], [`Watcher::builder`]: [`swap_buffer`](Builder::swap_buffer), [`flow`](Builder::flow), [`write_limit`](Builder::write_limit), [`backend`](Builder::backend), [`busy_poll`](Builder::busy_poll), [`cpu`](Builder::cpu), [`events_capacity`](Builder::events_capacity) |
+//! | hand it a socket | [`Watcher::register`], [`Local::register`], [`Submitter::register`]; back out: [`Local::detach`] |
+//! | make requests | the [`Requests`] trait on a [`Local`] ([`Watcher::local`], [`Completions::local`]) or a [`Submitter`] ([`Watcher::submitter`]) |
+//! | read | [`read`](Requests::read), [`read_timeout`](Requests::read_timeout), [`read_deadline`](Requests::read_deadline), [`read_full`](Requests::read_full) |
+//! | write | [`write`](Requests::write), [`write_timeout`](Requests::write_timeout), [`write_deadline`](Requests::write_deadline) ([`WriteBuf`]: a `Vec` or a shared `Arc<[u8]>`) |
+//! | accept, connect | [`accept`](Requests::accept), [`connect`](Requests::connect), [`connect_unix`](Requests::connect_unix), [`connect_fd`](Requests::connect_fd) |
+//! | end a connection | [`shutdown`](Requests::shutdown) (half-close), [`close`](Requests::close) (after queued writes), [`free`](Requests::free) (now), [`Watcher::free_all`] |
+//! | slow peers | [`Flow`]: [`Local::is_writable`], [`writable`](Requests::writable), [`Local::set_flow`], [`Local::queued`], [`Builder::write_limit`] |
+//! | frames | [`framing::Framer`]: [`frames`](framing::Framer::frames), [`deadline`](framing::Framer::deadline) |
+//! | collect completions | [`Watcher::wait_io`], [`Watcher::wait_io_timeout`]: a batch of [`Completion`] ([`Op`], [`Buffer`], [`Error`]) |
+//! | watch it | [`Watcher::stats`], [`Submitter::stats`]: [`Stats`] |
+//! | stop it | [`Watcher::close`], or drop it |
 //!
 //! # Quick start: the echo server from Go gaio's README
 //!

@@ -212,7 +212,7 @@ impl<'w, C> Local<'w, C> {
     }
 
     /// Whether `conn` is writable: its queued bytes have not gone above the
-    /// high watermark of its [`Flow`], or have fallen back to the low one
+    /// high watermark of its [`Flow`](crate::Flow), or have fallen back to the low one
     /// since (`false` for a stale `Conn` or another watcher's). Produce more
     /// for it while it is; when it is not, a
     /// [`writable`](Requests::writable) request says when it is again.

@@ -16,7 +16,20 @@
 //!   handler ([`Io`]) or thread ([`Handle`]);
 //! - [`Handle::send`] and [`Handle::broadcast`] hand application values to one
 //!   watcher or to all, as events on their own threads;
-//! - shutdown is graceful.
+//! - [`Pool::run`] serves until SIGINT or SIGTERM; shutdown is graceful.
+//!
+//! # API index
+//!
+//! | to | use |
+//! |----|-----|
+//! | build it | [`Pool::builder`]: [`watchers`](Builder::watchers), [`pin`](Builder::pin), [`balancer`](Builder::balancer), [`backend`](Builder::backend), [`swap_buffer`](Builder::swap_buffer), [`flow`](Builder::flow), [`write_limit`](Builder::write_limit), [`message_limit`](Builder::message_limit), [`grace`](Builder::grace), then [`build`](Builder::build) with a [`Handler`] factory |
+//! | take connections | [`Pool::listen`], [`Pool::listen_reuseport`], [`Pool::listen_on`], [`Pool::assign`]; outgoing: [`Io::connect`](gaio_core::Requests::connect), [`Handle::connect`] |
+//! | handle events | [`Event`]: `Started`, `Connected`, `Completed`, `Message` |
+//! | make requests | [`Io`] in a handler, [`Handle`] anywhere: the [`Requests`] methods — reads and writes with timeouts and deadlines, `accept`, `connect`, `shutdown`, `close`, `free`, `writable` |
+//! | slow peers | [`Io::is_writable`], [`Io::set_flow`], [`Io::queued`], [`Builder::flow`], [`Builder::write_limit`] (see [`gaio_core::Flow`]) |
+//! | talk to watchers | [`Handle::send`], [`Handle::broadcast`] (bounded by [`Builder::message_limit`]) |
+//! | watch it | [`Handle::stats`]: [`PoolStats`], [`WatcherStats`] |
+//! | run and stop it | [`Pool::run`] (until SIGINT/SIGTERM), [`Pool::join`] (until [`Handle::stop`]), [`Pool::shutdown`]; dropping it shuts down too |
 //!
 //! # Example: a multi-core echo server
 //!
@@ -51,6 +64,7 @@
 //! })?;
 //! let addr = pool.listen("127.0.0.1:7000")?;
 //! println!("listening on {addr}");
+//! pool.run()?; // serves until Ctrl-C or SIGTERM, then shuts down gracefully
 //! # Ok::<(), gaio_core::Error>(())
 //! ```
 //!
@@ -81,14 +95,14 @@ mod route;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::SegQueue;
 use gaio_core::{
-    Completion, Conn, ConnCounts, Error, Local, Request, Requests, Result, Submitter, Watcher,
+    Completion, Conn, ConnCounts, Error, Flow, Local, Request, Requests, Result, Submitter, Watcher,
 };
 
 pub use balancer::{Balancer, BalancerKind, LeastConnections, Loads, RoundRobin, SourceHash};
@@ -191,6 +205,26 @@ impl<'a, C, M> Io<'a, C, M> {
     pub fn queued(&self, conn: Conn) -> usize {
         self.local.queued(conn)
     }
+
+    /// Whether one of this watcher's connections is writable (see
+    /// [`gaio_core::Local::is_writable`]); `false` for a stale `Conn` or
+    /// another watcher's.
+    pub fn is_writable(&self, conn: Conn) -> bool {
+        self.local.is_writable(conn)
+    }
+
+    /// Gives one of this watcher's connections watermarks of its own (see
+    /// [`gaio_core::Local::set_flow`]).
+    ///
+    /// # Errors
+    /// [`Error::ForeignConn`] for another watcher's `Conn`; as
+    /// `gaio_core::Local::set_flow`.
+    pub fn set_flow(&self, conn: Conn, flow: Flow) -> Result<()> {
+        if conn.watcher() != self.id {
+            return Err(Error::ForeignConn);
+        }
+        self.local.set_flow(conn, flow)
+    }
 }
 
 impl<C, M> Requests<C> for Io<'_, C, M> {
@@ -289,6 +323,10 @@ impl<C, M> Handle<C, M> {
         if self.inner.closed.load(Ordering::Acquire) || w.tx.is_closed() {
             return Err(Error::WatcherClosed);
         }
+        if w.waiting.load(Ordering::Relaxed) >= self.inner.message_limit {
+            return Err(Error::WriteLimit);
+        }
+        w.waiting.fetch_add(1, Ordering::Relaxed);
         w.messages.push(msg);
         w.tx.wake()
     }
@@ -299,7 +337,8 @@ impl<C, M> Handle<C, M> {
     ///
     /// # Errors
     /// [`Error::WatcherClosed`] once the pool stopped. A watcher whose thread is
-    /// gone is skipped.
+    /// gone is skipped. [`Error::WriteLimit`], delivering to none, when a
+    /// watcher has its [message limit](Builder::message_limit) waiting.
     pub fn broadcast(&self, msg: M) -> Result<()>
     where
         M: Clone,
@@ -307,13 +346,33 @@ impl<C, M> Handle<C, M> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::WatcherClosed);
         }
-        for w in &self.inner.workers {
-            if !w.tx.is_closed() {
-                w.messages.push(msg.clone());
-                let _ = w.tx.wake();
-            }
+        let live = || self.inner.workers.iter().filter(|w| !w.tx.is_closed());
+        if live().any(|w| w.waiting.load(Ordering::Relaxed) >= self.inner.message_limit) {
+            return Err(Error::WriteLimit);
+        }
+        for w in live() {
+            w.waiting.fetch_add(1, Ordering::Relaxed);
+            w.messages.push(msg.clone());
+            let _ = w.tx.wake();
         }
         Ok(())
+    }
+
+    /// Asks the pool to stop: [`Pool::join`] and [`Pool::run`] return after a
+    /// graceful shutdown. From any thread or handler (a `SHUTDOWN` command,
+    /// say); it returns at once.
+    ///
+    /// ```
+    /// use gaio_pool::{Event, Io, Pool};
+    /// let pool: Pool<()> = Pool::builder().watchers(1).build(|_| {
+    ///     // Stops as soon as it runs: a handler may end the pool.
+    ///     |io: &Io<'_, ()>, ev: Event<'_, ()>| if let Event::Started = ev { io.pool().stop() }
+    /// })?;
+    /// pool.join(); // returns once stopped and shut down
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    pub fn stop(&self) {
+        self.inner.stop.ask();
     }
 
     /// Per-watcher figures and totals (each watcher publishes its own after
@@ -331,7 +390,9 @@ impl<C, M> Handle<C, M> {
                     w.counters.listeners.load(Ordering::Relaxed) * listen::ACCEPT_DEPTH;
                 WatcherStats {
                     index,
-                    live_conns: w.counters.live_conns(),
+                    conns: w.counters.live_conns(),
+                    waiting_messages: w.waiting.load(Ordering::Relaxed),
+                    unwritable_conns: st.unwritable_conns,
                     pending_reads: st.pending_reads.saturating_sub(accepts_pending),
                     pending_writes: st.pending_writes,
                     queued_write_bytes: st.queued_write_bytes,
@@ -343,7 +404,7 @@ impl<C, M> Handle<C, M> {
             })
             .collect();
         PoolStats {
-            live_conns: watchers.iter().map(|w| w.live_conns).sum(),
+            conns: watchers.iter().map(|w| w.conns).sum(),
             queued_write_bytes: watchers.iter().map(|w| w.queued_write_bytes).sum(),
             accepts: watchers.iter().map(|w| w.accepts).sum(),
             watchers,
@@ -400,8 +461,14 @@ pub struct WatcherStats {
     /// Watcher index.
     pub index: usize,
     /// Connections on this watcher and not yet freed (the pool's listeners
-    /// not counted).
-    pub live_conns: usize,
+    /// not counted): `gaio_core::Stats::conns` without the listeners.
+    pub conns: usize,
+    /// Connections not writable now (see [`gaio_core::Flow`]), as of the last
+    /// batch or park.
+    pub unwritable_conns: usize,
+    /// Messages sent to this watcher and not yet handled (what
+    /// [`Builder::message_limit`] bounds).
+    pub waiting_messages: usize,
     /// Reads pending, as of the watcher's last batch or park (an idle watcher's
     /// figures include every request it has taken in); the accepts the pool
     /// keeps pending on its listeners are not counted.
@@ -426,8 +493,8 @@ pub struct WatcherStats {
 pub struct PoolStats {
     /// Each watcher's figures, by index.
     pub watchers: Vec<WatcherStats>,
-    /// Live connections on all watchers.
-    pub live_conns: usize,
+    /// Connections on all watchers (listeners not counted).
+    pub conns: usize,
     /// Bytes queued for writing on all watchers: what slow readers cost.
     pub queued_write_bytes: usize,
     /// Connections accepted by the pool's listeners.
@@ -438,6 +505,8 @@ struct Worker<C, M> {
     tx: Submitter<Ctx<C>>,
     new_conns: SegQueue<(Conn, Option<SocketAddr>)>,
     messages: SegQueue<M>,
+    /// Messages pushed and not yet handed to the handler.
+    waiting: AtomicUsize,
     counters: Arc<Counters>,
     stop: AtomicBool,
     /// Grace period for shutdown, in nanoseconds.
@@ -455,6 +524,40 @@ pub(crate) struct Inner<C, M> {
     listeners: Mutex<Vec<(usize, Conn, bool)>>,
     /// Which watcher takes the next balanced listener.
     next_listener: AtomicUsize,
+    /// Most messages waiting per watcher.
+    message_limit: usize,
+    /// Asked to stop ([`Handle::stop`], a signal): what `join` and `run` wait for.
+    stop: Stop,
+}
+
+/// A request to stop the pool, and who waits for it.
+#[derive(Default)]
+struct Stop {
+    asked: Mutex<bool>,
+    cv: Condvar,
+    /// The signal iterator `Pool::run` waits on: closing it wakes `run`.
+    signals: Mutex<Option<signal_hook::iterator::Handle>>,
+}
+
+impl Stop {
+    fn ask(&self) {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+        if let Some(h) = &*self.signals.lock().unwrap_or_else(|e| e.into_inner()) {
+            h.close();
+        }
+    }
+
+    fn asked(&self) -> bool {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait(&self) {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        while !*asked {
+            asked = self.cv.wait(asked).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl<C, M> Inner<C, M> {
@@ -542,6 +645,8 @@ pub struct Builder {
     swap: Option<usize>,
     busy_poll: Option<Duration>,
     write_limit: Option<usize>,
+    flow: Flow,
+    message_limit: Option<usize>,
     backend: Option<gaio_core::Backend>,
     balancer: BalancerKind,
     grace: Duration,
@@ -555,6 +660,8 @@ impl Default for Builder {
             swap: None,
             busy_poll: None,
             write_limit: None,
+            flow: Flow::DEFAULT,
+            message_limit: None,
             backend: None,
             balancer: BalancerKind::RoundRobin,
             grace: Duration::from_secs(5),
@@ -595,6 +702,23 @@ impl Builder {
     /// with [`Error::WriteLimit`], the sign of a peer that stopped reading.
     pub fn write_limit(mut self, bytes: Option<usize>) -> Builder {
         self.write_limit = bytes;
+        self
+    }
+
+    /// The write watermarks of every connection (see [`gaio_core::Flow`];
+    /// default 32 KiB / 64 KiB, reads not paused): [`Io::is_writable`], the
+    /// `writable` request and paused reads, per watcher as on one.
+    pub fn flow(mut self, flow: Flow) -> Builder {
+        self.flow = flow;
+        self
+    }
+
+    /// The most messages ([`Handle::send`], [`Handle::broadcast`]) one
+    /// watcher may have waiting for its handler (default: no limit). Past it
+    /// `send` and `broadcast` refuse with [`Error::WriteLimit`] and deliver
+    /// nothing: the producer's sign that a watcher falls behind.
+    pub fn message_limit(mut self, messages: Option<usize>) -> Builder {
+        self.message_limit = messages;
         self
     }
 
@@ -667,7 +791,8 @@ impl Builder {
         for i in 0..n {
             let mut b = gaio_core::Watcher::builder()
                 .busy_poll(self.busy_poll)
-                .write_limit(self.write_limit);
+                .write_limit(self.write_limit)
+                .flow(self.flow);
             if let Some(backend) = self.backend {
                 b = b.backend(backend);
             }
@@ -687,6 +812,7 @@ impl Builder {
                 tx: w.submitter(),
                 new_conns: SegQueue::new(),
                 messages: SegQueue::new(),
+                waiting: AtomicUsize::new(0),
                 counters: Arc::new(Counters {
                     conns: w.submitter().conn_counts(),
                     listeners: AtomicUsize::new(0),
@@ -705,6 +831,8 @@ impl Builder {
                 closed: AtomicBool::new(false),
                 listeners: Mutex::new(Vec::new()),
                 next_listener: AtomicUsize::new(0),
+                message_limit: self.message_limit.unwrap_or(usize::MAX),
+                stop: Stop::default(),
             }),
         };
         let factory = Arc::new(factory);
@@ -873,6 +1001,61 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
             .store(Arc::new(Box::new(balancer)));
     }
 
+    /// Serves until [`Handle::stop`] is called — by a handler or any thread —
+    /// then shuts down as [`shutdown`](Self::shutdown) does, with the
+    /// builder's [grace period](Builder::grace).
+    ///
+    /// # Panics
+    /// As [`shutdown`](Self::shutdown).
+    pub fn join(self) {
+        self.handle.inner.stop.wait();
+        let grace = self.grace;
+        self.shutdown(grace);
+    }
+
+    /// Serves until SIGINT (Ctrl-C) or SIGTERM arrives, or [`Handle::stop`] is
+    /// called, then shuts down gracefully within the builder's
+    /// [grace period](Builder::grace) and returns: the whole `main` of a
+    /// server, which then exits with status 0. A second signal during the
+    /// shutdown ends the process at once (exit status 1). Signals are caught
+    /// with `signal-hook` (a self-pipe: the handler itself does nothing but
+    /// write a byte), no thread is started, and the handlers stay installed.
+    ///
+    /// ```no_run
+    /// use gaio_pool::{Event, Io, Pool};
+    /// let pool = Pool::builder().build(|_| |_: &Io<'_, ()>, _: Event<'_, ()>| {})?;
+    /// println!("listening on {}", pool.listen("127.0.0.1:7000")?);
+    /// pool.run()?; // until Ctrl-C
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the signal handlers cannot be installed (the pool is
+    /// then shut down).
+    ///
+    /// # Panics
+    /// As [`shutdown`](Self::shutdown).
+    pub fn run(self) -> Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let stop = &self.handle.inner.stop;
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let at_once = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(sig, 1, at_once.clone())?;
+        }
+        *stop.signals.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals.handle());
+        // `stop` closes the iterator from now on; one asked before is seen here.
+        if !stop.asked() {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "gaio-pool: stopping on a signal");
+            }
+        }
+        at_once.store(true, Ordering::Relaxed);
+        let grace = self.grace;
+        self.shutdown(grace);
+        Ok(())
+    }
+
     /// Stops accepting, lets pending writes finish for up to `grace`, then frees
     /// every connection (handlers see each remaining request complete, with
     /// `ConnClosed`), closes the watchers and joins every thread.
@@ -985,6 +1168,7 @@ fn turn<C, M, H: Handler<C, M>>(
         let Some(msg) = worker.messages.pop() else {
             break;
         };
+        worker.waiting.fetch_sub(1, Ordering::Relaxed);
         worker.counters.messages.fetch_add(1, Ordering::Relaxed);
         handler.handle(&io, Event::Message(msg));
         events += 1;

@@ -29,7 +29,7 @@ fn round_robin_spreads_1000_conns_evenly() {
     assert!(max - min <= 1, "round-robin spread {per:?}");
     let stats = pool.stats().watchers;
     assert_eq!(stats.iter().map(|s| s.accepts).sum::<u64>(), 1000);
-    assert_eq!(stats.iter().map(|s| s.live_conns).sum::<usize>(), 1000);
+    assert_eq!(stats.iter().map(|s| s.conns).sum::<usize>(), 1000);
     drop(clients);
 }
 

@@ -25,7 +25,7 @@ fn pending_reads_are_current_once_watchers_go_idle() {
     let end = Instant::now() + PATIENCE;
     loop {
         let st = pool.stats().watchers;
-        let live: usize = st.iter().map(|s| s.live_conns).sum();
+        let live: usize = st.iter().map(|s| s.conns).sum();
         let reads: usize = st.iter().map(|s| s.pending_reads).sum();
         if live == N && reads == N {
             break;

@@ -212,3 +212,61 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i] as f64 / 1000.0
 }
+
+/// The path of example `name` as `cargo test` built it: `examples/` beside the
+/// test binary's `deps/` folder (the workspace shares one target directory).
+pub fn example_path(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    dir.join(name)
+}
+
+/// A running example server, killed when dropped so a failing test leaves
+/// none behind.
+#[derive(Debug)]
+pub struct Example(pub std::process::Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts example `name` with `--listen 127.0.0.1:0` and `args`, and reads
+/// its first line, which must be `listening on ADDR`. Its stderr is
+/// discarded; its stdout is closed after that line.
+pub fn start_example(name: &str, args: &[&str]) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(example_path(name))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("{name}: {e} (built by `cargo test --workspace`, or `cargo build --examples`)")
+        });
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{name}: first line {line:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// A `kB` figure of `/proc/PID/status` (`"VmRSS:"`, `"VmHWM:"`, …).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
