@@ -40,10 +40,13 @@ pub enum Error {
     Unsupported,
     /// The CPU core asked for does not exist or is not available to this process.
     InvalidCpu(usize),
-    /// The write would take the bytes queued on its connection past the
-    /// watcher's [`write_limit`](crate::Builder::write_limit): the peer is not
-    /// reading fast enough. Refused at once on the watcher's thread; a
-    /// `Submitter` write completes with it.
+    /// The write would take the bytes queued on its connection — accepted and
+    /// not yet taken by the kernel, those of the current batch included — past
+    /// the watcher's [`write_limit`](crate::Builder::write_limit) (or 4 GiB):
+    /// the peer is not reading fast enough. Refused at once on the watcher's
+    /// thread; a `Submitter` write completes with it. (gaio-pool also refuses a
+    /// message with it past its message limit.) Producing only while the
+    /// connection [is writable](crate::Flow) keeps a server clear of it.
     WriteLimit,
 }
 

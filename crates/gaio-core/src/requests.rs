@@ -241,7 +241,10 @@ pub trait Requests<C> {
 
     /// [`read`](Self::read) that completes with
     /// [`Error::Deadline`](crate::Error::Deadline) if nothing was read within
-    /// `timeout` (counted from this call).
+    /// `timeout` (counted from this call). As an idle timeout it is re-armed
+    /// by each read, so a peer sending a byte just inside it is never dropped;
+    /// to bound a whole frame, read with the deadline
+    /// [`Framer::deadline`](crate::framing::Framer::deadline) gives.
     ///
     /// ```
     /// # use std::time::Duration;
