@@ -285,14 +285,21 @@ impl Framer {
                     .iter()
                     .position(|&b| b == b'\n')
                     .map_or(data.len(), |i| i + 1);
-                // The line so far, without a '\r' or '\n' that may end it.
-                let ending = data[..take]
-                    .iter()
-                    .rev()
-                    .take_while(|&&b| b == b'\n' || b == b'\r')
-                    .count()
-                    .min(2);
-                self.check(have + take - ending)?;
+                // The line so far without its ending: a '\n', a '\r' before
+                // it (maybe the last byte held), or a '\r' still waiting for it.
+                let chunk = &data[..take];
+                let held_cr = have > 0 && self.buf.last() == Some(&b'\r');
+                let mut len = have + take;
+                let cr = if chunk.last() == Some(&b'\n') {
+                    len -= 1;
+                    match chunk.len() {
+                        1 => held_cr,
+                        n => chunk[n - 2] == b'\r',
+                    }
+                } else {
+                    chunk.last() == Some(&b'\r')
+                };
+                self.check(len - usize::from(cr))?;
                 Ok(take)
             }
             _ => Ok(need.min(data.len())),
@@ -398,6 +405,11 @@ impl Frames<'_, '_> {
                 Cut::Frame { frame, used } => {
                     let at = f.start;
                     f.start += used;
+                    if f.buffered() > 0 {
+                        // The next frame's time counts from now: the caller
+                        // held these frames, the peer did not.
+                        f.since = Some(Instant::now());
+                    }
                     return Ok(Some(Found::Held(at + frame.start..at + frame.end)));
                 }
                 Cut::Short { need } => {
@@ -520,6 +532,18 @@ mod tests {
             }
             assert_eq!(got, whole, "cut at {cut}");
             assert_eq!(f.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn a_line_of_the_maximum_with_its_ending_split_is_accepted() {
+        for cut in 0..=6 {
+            let line = b"abcd\r\n";
+            let mut f = Framer::lines(4);
+            let mut got = Vec::new();
+            f.feed(&line[..cut], |l| got.push(l.to_vec())).unwrap();
+            f.feed(&line[cut..], |l| got.push(l.to_vec())).unwrap();
+            assert_eq!(got, [b"abcd"], "cut at {cut}");
         }
     }
 

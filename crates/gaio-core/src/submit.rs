@@ -253,7 +253,7 @@ impl<'w, C> Local<'w, C> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::ConnClosed`] for a stale or freed `Conn` or another watcher's;
+    /// [`Error::ConnClosed`] for a stale `Conn` or another watcher's;
     /// [`Error::WatcherClosed`]; [`Error::Io`] of kind `InvalidInput` past 256
     /// different flows.
     pub fn set_flow(&self, conn: Conn, flow: crate::Flow) -> Result<()> {

@@ -233,3 +233,51 @@ fn paused_reads_push_back_on_a_peer_that_does_not_read() {
     assert!(got == msg, "echoed bytes differ");
     assert_eq!(w.stats().queued_write_bytes, 0);
 }
+
+/// A queued write whose deadline passes can make the connection writable
+/// again: reads paused meanwhile must go on without another event.
+#[test]
+fn an_expired_write_that_ends_the_backlog_resumes_paused_reads() {
+    let _serial = serial();
+    let (mut client, server) = tcp_pair();
+    socket2::SockRef::from(&client)
+        .set_recv_buffer_size(16 << 10)
+        .unwrap();
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(16 << 10)
+        .unwrap();
+    let mut w = watcher_with(Flow::new(1 << 20, (1 << 20) + 1).pause_reads(true));
+    let conn = w.register(server).unwrap();
+    let io = w.local();
+    io.read(conn, 1, None).unwrap();
+    io.write(conn, 2, vec![0; 512 << 10]).unwrap(); // under the low watermark
+    let soon = std::time::Instant::now() + Duration::from_millis(100);
+    io.write_deadline(conn, 3, vec![0; 8 << 20], soon).unwrap();
+    assert!(!io.is_writable(conn));
+    client.write_all(b"!").unwrap(); // readable, but reads are paused
+    let mut read = None;
+    let mut expired = false;
+    let end = std::time::Instant::now() + PATIENCE;
+    while read.is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the paused read never went on"
+        );
+        for res in w.wait_io_timeout(Duration::from_millis(50)).unwrap() {
+            match res.ctx {
+                1 => {
+                    assert!(expired, "a read completed while reads were paused");
+                    read = Some(res.data().to_vec());
+                }
+                3 => {
+                    assert!(matches!(res.result, Err(Error::Deadline)));
+                    expired = true;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(read.unwrap(), b"!");
+    w.local().free(conn).unwrap();
+    collect(&mut w, 1); // the first write ends with the connection
+}

@@ -323,10 +323,9 @@ impl<C, M> Handle<C, M> {
         if self.inner.closed.load(Ordering::Acquire) || w.tx.is_closed() {
             return Err(Error::WatcherClosed);
         }
-        if w.waiting.load(Ordering::Relaxed) >= self.inner.message_limit {
+        if !w.reserve(self.inner.message_limit) {
             return Err(Error::WriteLimit);
         }
-        w.waiting.fetch_add(1, Ordering::Relaxed);
         w.messages.push(msg);
         w.tx.wake()
     }
@@ -346,14 +345,25 @@ impl<C, M> Handle<C, M> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::WatcherClosed);
         }
-        let live = || self.inner.workers.iter().filter(|w| !w.tx.is_closed());
-        if live().any(|w| w.waiting.load(Ordering::Relaxed) >= self.inner.message_limit) {
-            return Err(Error::WriteLimit);
+        // A place on every watcher first (a gone one never refuses), so a
+        // refusal delivers to none.
+        let workers = &self.inner.workers;
+        let limit = self.inner.message_limit;
+        for (i, w) in workers.iter().enumerate() {
+            if !w.reserve(if w.tx.is_closed() { usize::MAX } else { limit }) {
+                for w in &workers[..i] {
+                    w.waiting.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Err(Error::WriteLimit);
+            }
         }
-        for w in live() {
-            w.waiting.fetch_add(1, Ordering::Relaxed);
-            w.messages.push(msg.clone());
-            let _ = w.tx.wake();
+        for w in workers {
+            if w.tx.is_closed() {
+                w.waiting.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                w.messages.push(msg.clone());
+                let _ = w.tx.wake();
+            }
         }
         Ok(())
     }
@@ -511,6 +521,17 @@ struct Worker<C, M> {
     stop: AtomicBool,
     /// Grace period for shutdown, in nanoseconds.
     grace_nanos: AtomicU64,
+}
+
+impl<C, M> Worker<C, M> {
+    /// Takes a place for one more message, unless `limit` are waiting.
+    fn reserve(&self, limit: usize) -> bool {
+        if self.waiting.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 pub(crate) struct Inner<C, M> {
@@ -1016,8 +1037,9 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
     /// Serves until SIGINT (Ctrl-C) or SIGTERM arrives, or [`Handle::stop`] is
     /// called, then shuts down gracefully within the builder's
     /// [grace period](Builder::grace) and returns: the whole `main` of a
-    /// server, which then exits with status 0. A second signal during the
-    /// shutdown ends the process at once (exit status 1). Signals are caught
+    /// server, which then exits with status 0. After a first signal, another
+    /// one (during the shutdown, or later) ends the process at once (exit
+    /// status 1). Signals are caught
     /// with `signal-hook` (a self-pipe: the handler itself does nothing but
     /// write a byte), no thread is started, and the handlers stay installed.
     ///
@@ -1048,9 +1070,9 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
         if !stop.asked() {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!(signal = sig, "gaio-pool: stopping on a signal");
+                at_once.store(true, Ordering::Relaxed);
             }
         }
-        at_once.store(true, Ordering::Relaxed);
         let grace = self.grace;
         self.shutdown(grace);
         Ok(())
@@ -1204,6 +1226,10 @@ fn run_watcher<C, M, H: Handler<C, M>>(
         listen::rehome(index, &mut w, &pool.inner);
     }
     let _ = w.close();
+    if failed && pool.inner.workers.iter().all(|w| w.tx.is_closed()) {
+        // No watcher left to serve: `join` and `run` return.
+        pool.inner.stop.ask();
+    }
     if let Err(panic) = served {
         std::panic::resume_unwind(panic);
     }

@@ -272,7 +272,7 @@ impl<C> Engine<C> {
         let live = table.live_mut(conn.slot, conn.generation);
         let len = req.buf.len();
         if let Some(c) = &live {
-            if kind == Kind::Write && c.queued as usize + len > core.write_limit {
+            if kind == Kind::Write && c.queued as u64 + len as u64 > core.write_limit as u64 {
                 if c.life.is_ending() {
                     // It would complete with ConnClosed anyway; it must not
                     // take the count past 4 GiB.
@@ -297,9 +297,6 @@ impl<C> Engine<C> {
             // Every queued write counts until it leaves its queue (`unqueue`).
             c.queued += len as u32; // the write limit keeps it under 4 GiB
             core.stats.queued_write_bytes += len;
-            if c.is_writable() && c.queued as usize > core.flows[c.flow as usize].high() {
-                core.unwritable(c);
-            }
         } else if kind == Kind::Writable {
             core.wait_writable(c, conn, req);
             return Ok(());
@@ -317,6 +314,12 @@ impl<C> Engine<C> {
                 return Ok(());
             }
             req.set_timer(core.timers.insert(at, conn.slot, conn.generation, dir));
+        }
+        if kind == Kind::Write
+            && c.is_writable()
+            && c.queued as usize > core.flows[c.flow as usize].high()
+        {
+            core.unwritable(c);
         }
         if kind == Kind::Close {
             // Reads end now (a read an operation holds, when it comes back);
@@ -551,13 +554,16 @@ impl<C> Engine<C> {
             let (mut req, was_head) = q.take_by_timer(t.id).expect("found above");
             req.set_timer(NO_TIMER); // already out of the heap
             let kind = req.kind();
+            let paused = c.reads_paused();
             core.end(c, t.slot, req, Err(Error::Deadline));
             if matches!(kind, Kind::Connect | Kind::Close) {
                 // A connect that never finished, or a close whose writes never
                 // drained: the connection goes now.
                 core.close(c, t.slot);
-            } else if was_head {
-                // The next request in line may be able to proceed now.
+            } else if was_head || (paused && !c.reads_paused()) {
+                // The next request in line may be able to proceed now, or the
+                // write that expired made the connection writable: its paused
+                // reads go on.
                 core.progress(c, t.slot, swap);
             }
         }
