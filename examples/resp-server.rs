@@ -973,12 +973,17 @@ fn main() {
                 }
             }
         });
-    let pool = pool.unwrap_or_else(|e| {
+    let mut pool = pool.unwrap_or_else(|e| {
         cli.fail(format!(
             "cannot start the pool: {}",
             common::gaio_reason(&e)
         ))
     });
+    // Ctrl-C and SIGTERM stop it gracefully from here on (before it says it
+    // listens, so a client that signals at once gets a clean exit).
+    if let Err(e) = pool.catch_signals() {
+        cli.fail(format!("cannot catch signals: {}", common::gaio_reason(&e)));
+    }
     let addr = pool.listen(listen).unwrap_or_else(|e| {
         cli.fail(format!(
             "cannot listen on {listen}: {}",

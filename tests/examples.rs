@@ -44,6 +44,28 @@ fn echo_pool_survives_closed_stdout_and_stops_on_ctrl_c() {
     assert!(status.success(), "echo-pool exited with {status}");
 }
 
+/// Every pool example serves until SIGINT or SIGTERM, then shuts down
+/// gracefully and exits with status 0 (a client connected meanwhile sees EOF).
+#[test]
+fn pool_examples_stop_on_sigint_and_sigterm_with_status_0() {
+    for name in ["echo-pool", "chat", "resp-server"] {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            let (mut child, addr) = start(name, &["--watchers", "2"]);
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            if name == "echo-pool" {
+                echo_through(addr);
+            }
+            // SAFETY: kill has no memory preconditions; the pid is our live child.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+            let status = child.wait().unwrap();
+            assert!(status.success(), "{name} on signal {signal}: {status}");
+            let mut rest = Vec::new();
+            let _ = c.read_to_end(&mut rest); // EOF (or a reset): not left hanging
+        }
+    }
+}
+
 /// Regression: `--stats -1` panicked, `--watchers 0` silently ran one watcher,
 /// `--watchers -1` printed a Debug struct without the flag's name.
 #[test]

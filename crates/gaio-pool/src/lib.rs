@@ -861,6 +861,8 @@ impl Builder {
             handle,
             threads: Vec::with_capacity(n),
             grace: self.grace,
+            signals: None,
+            exit_now: Arc::new(AtomicBool::new(false)),
         };
         for (i, w) in watchers.into_iter().enumerate() {
             let f = factory.clone();
@@ -884,6 +886,10 @@ pub struct Pool<C, M = ()> {
     handle: Handle<C, M>,
     threads: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// SIGINT and SIGTERM, once caught ([`Pool::catch_signals`]).
+    signals: Option<signal_hook::iterator::Signals>,
+    /// Set after the first signal: the next one ends the process at once.
+    exit_now: Arc<AtomicBool>,
 }
 
 impl<C, M> std::fmt::Debug for Pool<C, M> {
@@ -1034,20 +1040,48 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
         self.shutdown(grace);
     }
 
+    /// Catches SIGINT and SIGTERM from now on: one arriving before
+    /// [`run`](Self::run) is called is kept, and `run` returns at once after
+    /// the shutdown, instead of the signal ending the process. Call it before
+    /// announcing the server (printing its address); `run` calls it if you did
+    /// not. Signals are caught with `signal-hook` (a self-pipe: the handler
+    /// itself does nothing but write a byte); no thread is started.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the signal handlers cannot be installed.
+    pub fn catch_signals(&mut self) -> Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        if self.signals.is_some() {
+            return Ok(());
+        }
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        for sig in [SIGINT, SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(sig, 1, self.exit_now.clone())?;
+        }
+        *self
+            .handle
+            .inner
+            .stop
+            .signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(signals.handle());
+        self.signals = Some(signals);
+        Ok(())
+    }
+
     /// Serves until SIGINT (Ctrl-C) or SIGTERM arrives, or [`Handle::stop`] is
     /// called, then shuts down gracefully within the builder's
     /// [grace period](Builder::grace) and returns: the whole `main` of a
     /// server, which then exits with status 0. After a first signal, another
     /// one (during the shutdown, or later) ends the process at once (exit
-    /// status 1). Signals are caught
-    /// with `signal-hook` (a self-pipe: the handler itself does nothing but
-    /// write a byte), no thread is started, and the handlers stay installed.
+    /// status 1). See [`catch_signals`](Self::catch_signals).
     ///
     /// ```no_run
     /// use gaio_pool::{Event, Io, Pool};
-    /// let pool = Pool::builder().build(|_| |_: &Io<'_, ()>, _: Event<'_, ()>| {})?;
+    /// let mut pool = Pool::builder().build(|_| |_: &Io<'_, ()>, _: Event<'_, ()>| {})?;
+    /// pool.catch_signals()?; // from here on, Ctrl-C stops the pool gracefully
     /// println!("listening on {}", pool.listen("127.0.0.1:7000")?);
-    /// pool.run()?; // until Ctrl-C
+    /// pool.run()?; // until Ctrl-C or SIGTERM
     /// # Ok::<(), gaio_core::Error>(())
     /// ```
     ///
@@ -1057,20 +1091,15 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
     ///
     /// # Panics
     /// As [`shutdown`](Self::shutdown).
-    pub fn run(self) -> Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let stop = &self.handle.inner.stop;
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-        let at_once = Arc::new(AtomicBool::new(false));
-        for sig in [SIGINT, SIGTERM] {
-            signal_hook::flag::register_conditional_shutdown(sig, 1, at_once.clone())?;
-        }
-        *stop.signals.lock().unwrap_or_else(|e| e.into_inner()) = Some(signals.handle());
-        // `stop` closes the iterator from now on; one asked before is seen here.
-        if !stop.asked() {
+    pub fn run(mut self) -> Result<()> {
+        self.catch_signals()?;
+        let mut signals = self.signals.take().expect("caught above");
+        // `stop` closes the iterator; a stop asked before is seen here, and a
+        // signal caught before is waiting in it.
+        if !self.handle.inner.stop.asked() {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!(signal = sig, "gaio-pool: stopping on a signal");
-                at_once.store(true, Ordering::Relaxed);
+                self.exit_now.store(true, Ordering::Relaxed);
             }
         }
         let grace = self.grace;
