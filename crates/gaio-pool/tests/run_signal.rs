@@ -8,7 +8,7 @@ use gaio_pool::{Event, Io, Pool};
 
 #[test]
 fn run_serves_until_sigterm_then_closes_every_connection() {
-    let pool: Pool<()> = Pool::builder()
+    let mut pool: Pool<()> = Pool::builder()
         .watchers(2)
         .pin(false)
         .build(|_| {
@@ -22,6 +22,8 @@ fn run_serves_until_sigterm_then_closes_every_connection() {
             }
         })
         .unwrap();
+    // Before anyone can signal: a signal from here on stops the pool.
+    pool.catch_signals().unwrap();
     let addr = pool.listen("127.0.0.1:0").unwrap();
     let client = std::thread::spawn(move || {
         let mut c = std::net::TcpStream::connect(addr).unwrap();
