@@ -273,8 +273,9 @@ impl<C> ConnState<C> {
         }
     }
 
-    /// Appends a request to the `dir` queue.
-    #[inline]
+    /// Appends a request to the `dir` queue: inline as its head when the
+    /// queue is empty (the common case, no allocation), else behind it.
+    #[inline(always)]
     pub fn push(&mut self, dir: Direction, req: Req<C>) {
         let head = match dir {
             Direction::Read => &mut self.read,
@@ -284,6 +285,12 @@ impl<C> ConnState<C> {
             *head = Some(req);
             return;
         }
+        self.push_behind(dir, req);
+    }
+
+    /// Appends a request behind the head, in the spill box.
+    #[inline(never)]
+    fn push_behind(&mut self, dir: Direction, req: Req<C>) {
         let spill = self.spill_mut();
         match dir {
             Direction::Read => spill.reads.push_back(req),
