@@ -211,14 +211,7 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Option<SocketAdd
     let fd = accept_raw(listener, &mut storage, &mut len)?;
     // SAFETY: accept just returned this fd and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    #[cfg(not(any(
-        target_os = "linux",
-        target_os = "android",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    )))]
+    #[cfg(not(gaio_accept4))]
     {
         use std::os::fd::AsFd;
         set_cloexec(fd.as_fd())?;
@@ -227,55 +220,30 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, Option<SocketAdd
     Ok((fd, sockaddr_to_std(&storage)))
 }
 
-#[cfg(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
+/// `accept4` with the flags set at once where the OS has it, else `accept`
+/// (the caller sets them).
 fn accept_raw(
     listener: BorrowedFd<'_>,
     storage: &mut libc::sockaddr_storage,
     len: &mut libc::socklen_t,
 ) -> io::Result<libc::c_int> {
     let addr = (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-    retry(|| {
+    let fd = listener.as_raw_fd();
+    #[cfg(gaio_accept4)]
+    let res = retry(|| {
         syscall!(accept4(
-            listener.as_raw_fd(),
+            fd,
             addr,
             &mut *len,
             libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK
         ))
-    })
+    });
+    #[cfg(not(gaio_accept4))]
+    let res = retry(|| syscall!(accept(fd, addr, &mut *len)));
+    res
 }
 
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
-fn accept_raw(
-    listener: BorrowedFd<'_>,
-    storage: &mut libc::sockaddr_storage,
-    len: &mut libc::socklen_t,
-) -> io::Result<libc::c_int> {
-    let addr = (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-    retry(|| syscall!(accept(listener.as_raw_fd(), addr, &mut *len)))
-}
-
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
+#[cfg(not(gaio_accept4))]
 fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
     syscall!(fcntl(

@@ -92,35 +92,12 @@ mod epoll;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use epoll::{Event, Events, Poller, Waker};
 
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly",
-))]
+#[cfg(gaio_kqueue)]
 mod kqueue;
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly",
-))]
+#[cfg(gaio_kqueue)]
 pub use kqueue::{Event, Events, Poller, Waker};
 
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly",
-)))]
+#[cfg(not(any(target_os = "linux", target_os = "android", gaio_kqueue)))]
 compile_error!("gaio supports Linux/Android (epoll) and macOS/iOS/BSD (kqueue) only");
 
 mod affinity;
