@@ -1067,6 +1067,19 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
                 &release, set.quick,
             )?)),
         }
+        // And the HTTP comparison, likewise.
+        match crate::http::missing_tools() {
+            Some(why) => {
+                eprintln!("bench: SKIPPING the HTTP comparison: {why}");
+                md.push_str(&format!("\nHTTP comparison skipped: {why}.\n"));
+            }
+            None => {
+                crate::http::build(paths)?;
+                md.push_str(&crate::http::report(&crate::http::run(
+                    &release, set.quick,
+                )?));
+            }
+        }
     }
     println!("{md}");
     write("report.md", &md)?;

@@ -19,6 +19,7 @@
 //! `cargo metadata`, so any `CARGO_TARGET_DIR` works.
 
 mod bench;
+mod http;
 mod load;
 mod memcheck;
 mod redis;
@@ -56,7 +57,7 @@ cargo xtask bench --quick.
 ";
 
 const BENCH_USAGE: &str = "\
-usage: cargo xtask bench [--quick] [--instructions | --only-instructions] [--redis]
+usage: cargo xtask bench [--quick] [--instructions | --only-instructions] [--redis | --http]
 
 Every echo server (raw epoll, raw io_uring, tokio, gaio-core, gaio-core busy-poll,
 gaio-pool, gaio-core and gaio-pool on io_uring; the io_uring ones skipped, loudly,
@@ -66,8 +67,9 @@ connections streaming 128 B (16 in flight), 1,024-8,192 connections once, idle
 memory, server CPU and (perf) syscalls per message. Prints a Markdown table and
 writes <target dir>/bench/report.md and regression.svg. The
 full bench (without --quick) adds the Redis comparison when redis-benchmark and
-redis-server are installed (`sudo apt-get install redis-tools redis-server`), and
-says so loudly when they are not.
+redis-server are installed (`sudo apt-get install redis-tools redis-server`) and
+the HTTP comparison when wrk and h2load are (`sudo apt-get install wrk
+nghttp2-client`), and says so loudly when they are not.
 
   --quick          one run per scenario, shorter loads (about 75 s)
   --instructions   add a table of user-space instructions per message (valgrind
@@ -87,6 +89,13 @@ says so loudly when they are not.
                    from /proc), then RSS per idle client with 10,000 connected;
                    writes <target dir>/bench/redis.md. Fails if the tools are
                    missing.
+  --http           only the HTTP comparison: examples/http-server (1 watcher)
+                   and hyper 1.x on a tokio current-thread runtime, each on
+                   core 1, wrk and h2load on core 0: GET /plaintext and /json
+                   at 256 connections, /plaintext 16 deep (requests/s, p50/p99,
+                   server CPU per request), then RSS per idle keep-alive
+                   connection with 10,000 open; writes <target dir>/bench/http.md.
+                   Fails if the tools are missing.
 ";
 
 const MEMCHECK_USAGE: &str = "\
@@ -347,7 +356,7 @@ fn ci(args: &[String]) -> Result<(), Fail> {
             cargo()
                 .current_dir(root)
                 .args(["test", "-p", "gaio-core", "-p", "gaio-pool", "-p", "gaio"])
-                .args(["-p", "gaio-resp-check"])
+                .args(["-p", "gaio-resp-check", "-p", "gaio-http-example"])
                 .args(["--tests"])
                 .env("GAIO_BACKEND", "uring"),
         )?,
@@ -419,6 +428,7 @@ fn bench_cmd(args: &[String]) -> Result<(), Fail> {
         only_instructions: false,
     };
     let mut redis = false;
+    let mut http = false;
     let mut a = Args::new(args, BENCH_USAGE);
     while let Some(flag) = a.next_flag()? {
         match flag {
@@ -429,8 +439,15 @@ fn bench_cmd(args: &[String]) -> Result<(), Fail> {
                 set.only_instructions = true;
             }
             "--redis" => redis = true,
+            "--http" => http = true,
             other => return Err(a.unknown(other)),
         }
+    }
+    if http {
+        if set.instructions || redis {
+            return Err(a.bad("--http runs only the HTTP comparison".into()));
+        }
+        return Ok(http::bench(&paths()?, set.quick)?);
     }
     if redis {
         if set.instructions {

@@ -71,7 +71,7 @@ impl Drop for Resp {
 }
 
 /// Whether `bin` runs (it is installed).
-fn have(bin: &str) -> bool {
+pub(crate) fn have(bin: &str) -> bool {
     Command::new(bin)
         .arg("--version")
         .stdout(Stdio::null())
@@ -95,7 +95,7 @@ pub fn missing_tools() -> Option<String> {
 }
 
 /// `bin`, run on core `core` through taskset when given.
-fn pinned(bin: &Path, core: Option<usize>) -> Command {
+pub(crate) fn pinned(bin: &Path, core: Option<usize>) -> Command {
     match core {
         Some(c) => {
             let mut cmd = Command::new("taskset");

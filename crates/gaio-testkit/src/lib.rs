@@ -270,3 +270,53 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// A global allocator that counts allocations made on the threads that opt in
+/// ([`count_allocations`]), so a test can check a loop allocates nothing once
+/// warm while the harness and its client threads go uncounted. Install it in
+/// the test binary: `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
+#[derive(Debug)]
+pub struct CountingAlloc;
+
+static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static COUNT_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// From now on, allocations on this thread are counted (or no longer are).
+pub fn count_allocations(on: bool) {
+    COUNT_HERE.with(|c| c.set(on));
+}
+
+/// Allocations (and reallocations) counted so far, on every opted-in thread.
+pub fn allocations() -> usize {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn counted() {
+    if COUNT_HERE.try_with(std::cell::Cell::get).unwrap_or(false) {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the count
+// is an atomic and the thread-local is const-initialised (nothing allocates).
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        counted();
+        // SAFETY: the same contract as our caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the same contract as our caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        counted();
+        // SAFETY: the same contract as our caller's.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
