@@ -77,6 +77,13 @@ fn curl_keeps_alive_heads_and_posts() {
         err.contains("< server: gaio") && err.contains("< date: "),
         "{err}"
     );
+    let (metrics, _) = run(Command::new("curl").args(["-s", &url("/metrics")]), b"");
+    assert!(metrics.contains("# TYPE gaio_conns gauge\n"), "{metrics}");
+    assert!(
+        metrics.contains("gaio_conns{watcher=\"0\"} ")
+            && metrics.contains("gaio_accepts_total{watcher=\"1\"} "),
+        "{metrics}"
+    );
     let (out, _) = run(Command::new("curl").args(["-sI", &url("/json")]), b"");
     let out = out.to_ascii_lowercase();
     assert!(out.starts_with("http/1.1 200 ok\r\n"), "{out}");
