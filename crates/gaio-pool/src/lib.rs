@@ -862,7 +862,6 @@ impl Builder {
             threads: Vec::with_capacity(n),
             grace: self.grace,
             signals: None,
-            exit_now: Arc::new(AtomicBool::new(false)),
         };
         for (i, w) in watchers.into_iter().enumerate() {
             let f = factory.clone();
@@ -888,8 +887,6 @@ pub struct Pool<C, M = ()> {
     grace: Duration,
     /// SIGINT and SIGTERM, once caught ([`Pool::catch_signals`]).
     signals: Option<signal_hook::iterator::Signals>,
-    /// Set after the first signal: the next one ends the process at once.
-    exit_now: Arc<AtomicBool>,
 }
 
 impl<C, M> std::fmt::Debug for Pool<C, M> {
@@ -1055,9 +1052,6 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
             return Ok(());
         }
         let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
-        for sig in [SIGINT, SIGTERM] {
-            signal_hook::flag::register_conditional_shutdown(sig, 1, self.exit_now.clone())?;
-        }
         *self
             .handle
             .inner
@@ -1072,9 +1066,9 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
     /// Serves until SIGINT (Ctrl-C) or SIGTERM arrives, or [`Handle::stop`] is
     /// called, then shuts down gracefully within the builder's
     /// [grace period](Builder::grace) and returns: the whole `main` of a
-    /// server, which then exits with status 0. After a first signal, another
-    /// one (during the shutdown, or later) ends the process at once (exit
-    /// status 1). See [`catch_signals`](Self::catch_signals).
+    /// server, which then exits with status 0. Signals during the shutdown are
+    /// caught too (they do not cut it short): it takes at most the grace
+    /// period. See [`catch_signals`](Self::catch_signals).
     ///
     /// ```no_run
     /// use gaio_pool::{Event, Io, Pool};
@@ -1099,7 +1093,6 @@ impl<C: Send + 'static, M: Send + 'static> Pool<C, M> {
         if !self.handle.inner.stop.asked() {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!(signal = sig, "gaio-pool: stopping on a signal");
-                self.exit_now.store(true, Ordering::Relaxed);
             }
         }
         let grace = self.grace;
