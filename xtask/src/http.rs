@@ -101,7 +101,7 @@ fn start(name: &'static str, bin: &Path, args: &[&str], core: Option<usize>) -> 
     Ok(Http { name, child, addr })
 }
 
-/// A latency as wrk prints it (`812.00us`, `1.23ms`, `2.00s`), in ms.
+/// A latency as wrk prints it (`812.00us`, `1.23ms`, `2.00s`, `1.50m`), in ms.
 fn wrk_ms(v: &str) -> Option<f64> {
     let v = v.trim();
     let (num, scale) = if let Some(n) = v.strip_suffix("us") {
@@ -110,6 +110,10 @@ fn wrk_ms(v: &str) -> Option<f64> {
         (n, 1.0)
     } else if let Some(n) = v.strip_suffix('s') {
         (n, 1e3)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60e3)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3_600e3)
     } else {
         return None;
     };
@@ -170,7 +174,10 @@ fn one(srv: &Http, load: Load, secs: u64, core: Option<usize>) -> Result<Line, S
                 .and_then(|n| n.trim().trim_start_matches("requests:").trim().parse().ok())
         };
         let done = field("succeeded").ok_or_else(fail)?;
-        if field("failed").is_some_and(|f| f > 0.0) || field("errored").is_some_and(|f| f > 0.0) {
+        if ["failed", "errored", "timeout"]
+            .iter()
+            .any(|name| field(name).is_some_and(|f| f > 0.0))
+        {
             return Err(format!("{url}: failed requests:\n{text}"));
         }
         (rps, done, f64::NAN, f64::NAN)

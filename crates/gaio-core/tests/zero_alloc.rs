@@ -6,67 +6,15 @@
 
 mod util;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gaio_core::{Buffer, Op, Requests, Watcher};
+use gaio_testkit::{CountingAlloc, allocations, count_allocations as count_here, live_bytes};
 use util::*;
 
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-fn counting() -> bool {
-    COUNTING.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters
-// are atomics and the thread-local is const-initialised (no allocation inside).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counting() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if counting() {
-            LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counting() {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn count_here(on: bool) {
-    COUNTING.with(|c| c.set(on));
-}
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 #[test]
 fn echo_steady_state_allocates_nothing() {
@@ -94,7 +42,7 @@ fn echo_steady_state_allocates_nothing() {
     let mut allocs_at_start = 0;
     while trips < WARM + COUNTED {
         if trips == WARM {
-            allocs_at_start = ALLOCS.load(Ordering::Relaxed);
+            allocs_at_start = allocations();
             count_here(true);
         }
         let batch = w.wait_io_timeout(PATIENCE).unwrap();
@@ -124,7 +72,7 @@ fn echo_steady_state_allocates_nothing() {
         }
     }
     count_here(false);
-    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_at_start;
+    let allocs = allocations() - allocs_at_start;
     client.join().unwrap();
     assert_eq!(
         allocs, 0,
@@ -145,7 +93,7 @@ fn idle_connection_with_pending_swap_read_costs_at_most_128_bytes() {
     let _ = w.wait_io_timeout(Duration::ZERO).unwrap().count();
 
     count_here(true);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     for (i, s) in servers.into_iter().enumerate() {
         let conn = w.register(s).unwrap();
         tx.read(conn, i, None).unwrap();
@@ -155,7 +103,7 @@ fn idle_connection_with_pending_swap_read_costs_at_most_128_bytes() {
     for _ in 0..200 {
         assert_eq!(w.wait_io_timeout(Duration::ZERO).unwrap().count(), 0);
     }
-    let per_conn = (LIVE.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    let per_conn = (live_bytes() - before) as f64 / N as f64;
     count_here(false);
     assert_eq!(w.stats().pending_reads, N);
     println!("heap per idle connection with a pending swap read: {per_conn:.1} B");
@@ -176,7 +124,7 @@ fn pending_64mib_write_to_a_peer_that_never_reads_costs_no_memory() {
     let big = vec![1u8; 64 << 20];
     let _ = w.wait_io_timeout(Duration::ZERO).unwrap().count();
     count_here(true);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live_bytes();
     let deadline = std::time::Instant::now() + Duration::from_millis(300);
     tx.write_deadline(conn, (), big, deadline).unwrap();
     let mut grew = 0;
@@ -185,7 +133,7 @@ fn pending_64mib_write_to_a_peer_that_never_reads_costs_no_memory() {
         for res in w.wait_io_timeout(PATIENCE).unwrap() {
             result = Some((res.result.map_err(|e| e.is_deadline()), res.size));
         }
-        grew = grew.max(LIVE.load(Ordering::Relaxed) - before);
+        grew = grew.max(live_bytes() - before);
     }
     count_here(false);
     let (r, size) = result.unwrap();

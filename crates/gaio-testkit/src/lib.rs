@@ -271,14 +271,16 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-/// A global allocator that counts allocations made on the threads that opt in
-/// ([`count_allocations`]), so a test can check a loop allocates nothing once
-/// warm while the harness and its client threads go uncounted. Install it in
-/// the test binary: `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
+/// A global allocator that counts allocations, and the bytes they hold, made
+/// on the threads that opt in ([`count_allocations`]), so a test can check a
+/// loop allocates nothing once warm, or what a connection costs, while the
+/// harness and its client threads go uncounted. Install it in the test binary:
+/// `#[global_allocator] static A: CountingAlloc = CountingAlloc;`.
 #[derive(Debug)]
 pub struct CountingAlloc;
 
 static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
 
 thread_local! {
     static COUNT_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -294,28 +296,41 @@ pub fn allocations() -> usize {
     ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn counted() {
+/// Bytes allocated and not freed, as counted on the opted-in threads.
+pub fn live_bytes() -> isize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts an allocation of `grown` more bytes (negative: freed), if this
+/// thread counts; `new`: a new block (or a reallocation), not a free.
+fn counted(grown: isize, new: bool) {
+    use std::sync::atomic::Ordering::Relaxed;
     if COUNT_HERE.try_with(std::cell::Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if new {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        LIVE.fetch_add(grown, Relaxed);
     }
 }
 
-// SAFETY: every call is forwarded unchanged to the system allocator; the count
-// is an atomic and the thread-local is const-initialised (nothing allocates).
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counts are atomics and the thread-local is const-initialised (nothing
+// allocates).
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        counted();
+        counted(layout.size() as isize, true);
         // SAFETY: the same contract as our caller's.
         unsafe { std::alloc::System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        counted(-(layout.size() as isize), false);
         // SAFETY: the same contract as our caller's.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        counted();
+        counted(new as isize - layout.size() as isize, true);
         // SAFETY: the same contract as our caller's.
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }

@@ -64,9 +64,21 @@ pub enum Ctx {
     Write,
     /// The client caught up: parse the requests waiting.
     Resume,
+    /// The write side shuts down after the last response.
+    Shutdown,
+    /// What the client still sends after the last response, discarded (a
+    /// lingering close: closing with unread bytes would reset the connection
+    /// and could destroy the response).
+    Drain,
     /// The connection closes after its responses.
     Close,
 }
+
+/// How long a closing connection may keep sending before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Write buffers kept for reuse, at most.
+const SPARE: usize = 64;
 
 /// Most headers in one request; more: 431.
 const MAX_HEADERS: usize = 32;
@@ -84,8 +96,9 @@ struct Session {
     input: Vec<u8>,
     /// The `Conn`'s generation while the session is live.
     generation: u32,
-    /// When the head now partly in `input` began to arrive: milliseconds
-    /// after the server's epoch, plus one (0: none).
+    /// When the head now partly in `input` began to arrive (or, closing, when
+    /// the drain ends): milliseconds after the server's epoch, wrapping, never
+    /// 0 (0: none).
     since: u32,
     /// `100 Continue` went out for the request whose body is arriving.
     continued: bool,
@@ -204,19 +217,43 @@ impl Server {
             }
             (Op::Write, Ctx::Write) if res.result.is_ok() => {
                 if let Buffer::Owned(mut v) = res.buffer {
-                    if v.capacity() <= 2 * BATCH {
+                    if v.capacity() <= 2 * BATCH && self.w.spare.len() < SPARE {
                         v.clear();
                         self.w.spare.push(v);
                     }
                 }
                 Ok(())
             }
+            // The client sent its last bytes (EOF): the responses queued go
+            // out, then the connection closes.
+            (Op::Read, Ctx::Read) if res.result.is_ok() => {
+                let at = Instant::now() + self.w.cfg.idle_timeout;
+                io.close(conn, Ctx::Close, Some(at))
+            }
+            (Op::Read, Ctx::Drain) if res.result.is_ok() && res.size > 0 => {
+                match self.sessions.get_mut(conn) {
+                    Some(s) => {
+                        let at = self.w.at(s.since);
+                        io.read_deadline(conn, Ctx::Drain, None, at)
+                    }
+                    None => Ok(()),
+                }
+            }
+            // The drain is over (EOF, deadline): close once the responses
+            // are out.
+            (Op::Read, Ctx::Drain) => {
+                let at = Instant::now() + self.w.cfg.idle_timeout;
+                io.close(conn, Ctx::Close, Some(at))
+            }
             (Op::Close, _) => {
                 self.sessions.remove(conn);
                 Ok(())
             }
-            // EOF, a reset, a head or idle deadline, a failed write, or a
-            // wait the close ended.
+            // A shutdown or a writability wait that a close ended: the close
+            // completes on its own.
+            (Op::Shutdown | Op::Writable, _) => Ok(()),
+            // A reset, a head or idle deadline, a write the client did not
+            // take in time.
             _ => Err(gaio::Error::ConnClosed),
         };
         if next.is_err() {
@@ -232,6 +269,26 @@ impl Server {
 }
 
 impl Worker {
+    /// `t` as a session stamp: milliseconds after the epoch, wrapping (a stamp
+    /// is read back within days, not 49), never 0.
+    fn stamp(&self, t: Instant) -> u32 {
+        let ms = t.saturating_duration_since(self.epoch).as_millis() as u32;
+        ms.max(1)
+    }
+
+    /// The instant of `stamp`, taken as the one nearest to now.
+    fn at(&self, stamp: u32) -> Instant {
+        let now = self.stamp(Instant::now());
+        let ahead = stamp.wrapping_sub(now) as i32; // within ±24 days
+        let now = Instant::now();
+        if ahead >= 0 {
+            now + Duration::from_millis(ahead as u64)
+        } else {
+            now.checked_sub(Duration::from_millis(ahead.unsigned_abs() as u64))
+                .unwrap_or(now)
+        }
+    }
+
     /// Answers the requests of `fresh` (just read) after those waiting in `s`,
     /// while `conn` is writable; then reads on, or waits for writability.
     fn pump(
@@ -270,13 +327,19 @@ impl Worker {
                 s.continued = true;
             }
             if served.close {
-                io.write(conn, Ctx::Write, out)?;
-                return io.close(conn, Ctx::Close, None);
+                // The last responses, then a lingering close.
+                io.write_timeout(conn, Ctx::Write, out, self.cfg.idle_timeout)?;
+                io.shutdown(conn, Ctx::Shutdown)?;
+                s.input = Vec::new();
+                s.since = self.stamp(Instant::now() + LINGER);
+                return io.read_deadline(conn, Ctx::Drain, None, self.at(s.since));
             }
             if out.is_empty() {
                 self.spare.push(out);
             } else {
-                io.write(conn, Ctx::Write, out)?;
+                // A client that stops reading is dropped once a write waits
+                // longer than the idle timeout.
+                io.write_timeout(conn, Ctx::Write, out, self.cfg.idle_timeout)?;
             }
             if served.used == 0 {
                 // No whole request left: keep the start of the next, read on.
@@ -289,15 +352,12 @@ impl Worker {
                 if served.in_body {
                     return io.read_timeout(conn, Ctx::Read, None, cfg.idle_timeout);
                 }
+                let head_timeout = cfg.head_timeout;
                 if s.since == 0 {
-                    let ms = self.epoch.elapsed().as_millis().min(u32::MAX as u128 - 1);
-                    s.since = ms as u32 + 1;
+                    s.since = self.stamp(Instant::now());
                 }
-                let since = self.epoch + Duration::from_millis(u64::from(s.since - 1));
-                return match since.checked_add(cfg.head_timeout) {
-                    Some(at) => io.read_deadline(conn, Ctx::Read, None, at),
-                    None => io.read(conn, Ctx::Read, None),
-                };
+                let at = self.at(s.since) + head_timeout;
+                return io.read_deadline(conn, Ctx::Read, None, at);
             }
         }
     }
@@ -376,10 +436,15 @@ impl Worker {
         let get = matches!(req.method, "GET" | "HEAD");
         let head_only = req.method == "HEAD";
         let close = req.close;
+        let connection = match (close, req.version) {
+            (true, _) => CLOSE,
+            (false, 0) => KEEP_ALIVE, // HTTP/1.0 closes unless told
+            (false, _) => "",
+        };
         match (path, get, req.method) {
             ("/plaintext", true, _) => {
                 let text = b"Hello, World!";
-                self.head(out, 200, "OK", "text/plain", text.len(), close, "");
+                self.head(out, 200, "OK", "text/plain", text.len(), connection, "");
                 if !head_only {
                     out.extend_from_slice(text);
                 }
@@ -391,7 +456,15 @@ impl Worker {
                 };
                 serde_json::to_writer(&mut self.scratch, &msg).expect("a Vec takes any JSON");
                 let json = std::mem::take(&mut self.scratch);
-                self.head(out, 200, "OK", "application/json", json.len(), close, "");
+                self.head(
+                    out,
+                    200,
+                    "OK",
+                    "application/json",
+                    json.len(),
+                    connection,
+                    "",
+                );
                 if !head_only {
                     out.extend_from_slice(&json);
                 }
@@ -400,7 +473,7 @@ impl Worker {
             ("/metrics", true, _) => {
                 let text = metrics(io);
                 let ctype = "text/plain; version=0.0.4; charset=utf-8";
-                self.head(out, 200, "OK", ctype, text.len(), close, "");
+                self.head(out, 200, "OK", ctype, text.len(), connection, "");
                 if !head_only {
                     out.extend_from_slice(text.as_bytes());
                 }
@@ -410,55 +483,50 @@ impl Worker {
                     self.error(out, 411, "Length Required");
                     return true;
                 }
-                self.head(
-                    out,
-                    200,
-                    "OK",
-                    "application/octet-stream",
-                    body.len(),
-                    close,
-                    "",
-                );
+                let ctype = "application/octet-stream";
+                self.head(out, 200, "OK", ctype, body.len(), connection, "");
                 out.extend_from_slice(body);
             }
             ("/plaintext" | "/json" | "/metrics", _, _) => {
-                self.reply(
-                    out,
-                    405,
-                    "Method Not Allowed",
-                    close,
-                    "Allow: GET, HEAD\r\n",
-                );
+                let allow = "Allow: GET, HEAD\r\n";
+                self.reply(out, 405, "Method Not Allowed", connection, allow, head_only);
             }
             ("/echo", _, _) => {
-                self.reply(out, 405, "Method Not Allowed", close, "Allow: POST\r\n");
+                let allow = "Allow: POST\r\n";
+                self.reply(out, 405, "Method Not Allowed", connection, allow, head_only);
             }
-            _ => self.reply(out, 404, "Not Found", close, ""),
+            _ => self.reply(out, 404, "Not Found", connection, "", head_only),
         }
         close
     }
 
-    /// A response whose body is its reason phrase and a newline.
-    fn reply(&mut self, out: &mut Vec<u8>, status: u16, reason: &str, close: bool, extra: &str) {
-        self.head(
-            out,
-            status,
-            reason,
-            "text/plain",
-            reason.len() + 1,
-            close,
-            extra,
-        );
-        out.extend_from_slice(reason.as_bytes());
-        out.push(b'\n');
+    /// A response whose body is its reason phrase and a newline (headers
+    /// only for `HEAD`).
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &mut self,
+        out: &mut Vec<u8>,
+        status: u16,
+        reason: &str,
+        connection: &str,
+        extra: &str,
+        head_only: bool,
+    ) {
+        let len = reason.len() + 1;
+        self.head(out, status, reason, "text/plain", len, connection, extra);
+        if !head_only {
+            out.extend_from_slice(reason.as_bytes());
+            out.push(b'\n');
+        }
     }
 
     /// An error response; the connection closes after it.
     fn error(&mut self, out: &mut Vec<u8>, status: u16, reason: &str) {
-        self.reply(out, status, reason, true, "");
+        self.reply(out, status, reason, CLOSE, "", false);
     }
 
-    /// A response's status line and headers (`extra`: more header lines).
+    /// A response's status line and headers (`connection`: a `Connection`
+    /// header line or nothing; `extra`: more header lines).
     #[allow(clippy::too_many_arguments)]
     fn head(
         &mut self,
@@ -467,72 +535,88 @@ impl Worker {
         reason: &str,
         ctype: &str,
         len: usize,
-        close: bool,
+        connection: &str,
         extra: &str,
     ) {
         let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nServer: gaio\r\nDate: ");
         out.extend_from_slice(self.date.now());
         let _ = write!(
             out,
-            "\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\n{extra}"
+            "\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\n{connection}{extra}\r\n"
         );
-        if close {
-            out.extend_from_slice(b"Connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
     }
 }
+
+/// The `Connection` header line a response carries.
+const CLOSE: &str = "Connection: close\r\n";
+const KEEP_ALIVE: &str = "Connection: keep-alive\r\n";
 
 /// What the response to a request depends on, from its head.
 struct Head<'a> {
     method: &'a str,
     path: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    version: u8,
     /// `Content-Length`, if given.
     length: Option<usize>,
     /// The connection closes after this request (HTTP/1.0 without
     /// keep-alive, or `Connection: close`).
     close: bool,
-    /// `Expect: 100-continue`: the client waits for a go before the body.
+    /// `Expect: 100-continue` (HTTP/1.1): the client waits for a go before
+    /// the body.
     expect_continue: bool,
 }
 
 impl<'a> Head<'a> {
     /// The head of a parsed request, or the error response it gets.
     fn of(req: &httparse::Request<'_, 'a>) -> Result<Head<'a>, (u16, &'static str)> {
+        const BAD: (u16, &str) = (400, "Bad Request");
         let version = req.version.unwrap_or(1);
         let mut head = Head {
             method: req.method.unwrap_or(""),
             path: req.path.unwrap_or(""),
+            version,
             length: None,
-            close: version == 0,
+            close: false,
             expect_continue: false,
         };
+        let (mut hosts, mut close, mut keep_alive) = (0, false, false);
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value)
+                // Digits only: no sign, no whitespace a proxy might read otherwise.
+                let v = h.value;
+                if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                    return Err(BAD);
+                }
+                let n = std::str::from_utf8(v)
                     .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or((400, "Bad Request"))?;
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or(BAD)?;
                 if head.length.is_some_and(|m| m != n) {
-                    return Err((400, "Bad Request"));
+                    return Err(BAD);
                 }
                 head.length = Some(n);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 // Chunked bodies are not supported: ask for a length.
                 return Err((411, "Length Required"));
+            } else if h.name.eq_ignore_ascii_case("host") {
+                hosts += 1;
             } else if h.name.eq_ignore_ascii_case("expect") {
-                head.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+                head.expect_continue =
+                    version == 1 && h.value.eq_ignore_ascii_case(b"100-continue");
             } else if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|&b| b == b',') {
                     let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        head.close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
-                        head.close = false;
-                    }
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
         }
+        // HTTP/1.1 requires exactly one Host.
+        if version == 1 && hosts != 1 {
+            return Err(BAD);
+        }
+        head.close = close || (version == 0 && !keep_alive);
         Ok(head)
     }
 }

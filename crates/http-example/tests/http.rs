@@ -187,7 +187,12 @@ cases = [
     (b"GET /plaintext HTTP/3.0\r\n\r\n", 505, True),
     (b"GARBAGE\x00\x01\r\n\r\n", 400, True),
     (b"GET /plaintext HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, True),
-    (b"GET /plaintext HTTP/1.1\r\nConnection: close\r\n\r\n", 200, True),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello", 400, True),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, True),
+    (b"GET /plaintext HTTP/1.1\r\n\r\n", 400, True),
+    (b"GET /plaintext HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, True),
+    (b"GET /plaintext HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n", 200, True),
+    (b"GET /plaintext HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200, True),
     (b"GET /plaintext HTTP/1.0\r\n\r\n", 200, True),
     (b"GET /plaintext HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 200, False),
 ]
@@ -212,6 +217,8 @@ for raw, status, closes in cases:
         assert r.getheader("Connection") == "close", raw[:40]
         assert f.read() == b"", raw[:40]  # EOF: the server closed
     else:
+        if raw.startswith(b"GET /plaintext HTTP/1.0"):
+            assert r.getheader("Connection") == "keep-alive", raw[:40]
         # Still open: another request on it works.
         s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
         r = http.client.HTTPResponse(Sock(), method="GET")
@@ -316,23 +323,42 @@ fn slow_heads_and_idle_connections_are_closed() {
     let mut idle = TcpStream::connect(addr).unwrap();
     idle.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
+    let answered = Instant::now();
     let got = until_closed(&mut idle);
+    assert!(
+        answered.elapsed() >= Duration::from_millis(300),
+        "closed before the idle timeout"
+    );
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n") && got.ends_with(b"Hello, World!"));
 }
 
-/// A client that pipelines 200,000 requests and reads nothing stops being
-/// read; the server's memory stays bounded, and every response arrives once
-/// it reads.
+/// A client that pipelines 20,000 echo requests of 4 KiB (80 MiB of responses)
+/// and reads nothing stops being read: the server's memory stays bounded, and
+/// every response arrives, whole and in order, once it reads.
 #[test]
 fn a_client_that_pipelines_without_reading_is_paused_not_buffered() {
-    const N: usize = 200_000;
+    const N: usize = 20_000;
+    const BODY: usize = 4096;
     let (server, addr) = start(&[]);
     let pid = server.0.id();
     let s = TcpStream::connect(addr).unwrap();
     let before = status_kib(pid, "VmRSS:");
-    let req = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n";
+    let body = |i: usize| gaio_testkit::pattern(i, BODY);
     let mut w = s.try_clone().unwrap();
-    let writer = std::thread::spawn(move || w.write_all(&req.repeat(N)).unwrap());
+    let writer = std::thread::spawn(move || {
+        let head = format!("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+        let mut burst = Vec::new();
+        for i in 0..N {
+            burst.extend_from_slice(head.as_bytes());
+            burst.extend_from_slice(&body(i));
+            if burst.len() > 1 << 20 || i == N - 1 {
+                w.write_all(&burst).unwrap();
+                burst.clear();
+            }
+        }
+    });
+    // The client reads nothing for a second; the server's memory is sampled
+    // meanwhile (a bound, not a wait for I/O).
     let mut most = before;
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
@@ -344,27 +370,76 @@ fn a_client_that_pipelines_without_reading_is_paused_not_buffered() {
         "server RSS grew by {} KiB while the client did not read",
         most - before
     );
-    // Every response, whole and in order.
+    // Every response: a head, then the body sent.
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut r = std::io::BufReader::with_capacity(1 << 16, s);
-    let mut line = Vec::new();
+    let mut head = Vec::new();
+    let mut got = vec![0; BODY];
     for i in 0..N {
-        // Status line, 4 headers, a blank line, then the 13-byte body.
-        let mut status = String::new();
-        std::io::BufRead::read_line(&mut r, &mut status).unwrap();
-        assert_eq!(status, "HTTP/1.1 200 OK\r\n", "response {i}");
-        loop {
-            line.clear();
-            std::io::BufRead::read_until(&mut r, b'\n', &mut line).unwrap();
-            if line == b"\r\n" {
+        head.clear();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0];
+            r.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "response {i}");
+        r.read_exact(&mut got).unwrap();
+        assert!(got == body(i), "response {i}: body differs");
+    }
+    writer.join().unwrap();
+}
+
+/// `HEAD` gets headers only, also for an error status, so the next response
+/// on the connection is read right.
+#[test]
+fn head_responses_carry_no_body_even_for_errors() {
+    let (_server, addr) = start(&[]);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    let reqs = "HEAD /nowhere HTTP/1.1\r\nHost: x\r\n\r\n\
+                HEAD /echo HTTP/1.1\r\nHost: x\r\n\r\n\
+                GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n";
+    c.write_all(reqs.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    while !got.ends_with(b"Hello, World!") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    let statuses: Vec<&str> = text.split("HTTP/1.1 ").skip(1).map(|r| &r[..3]).collect();
+    assert_eq!(statuses, ["404", "405", "200"], "{text}");
+    assert!(
+        !text.contains("Not Found\n") && !text.contains("Method Not Allowed\n"),
+        "{text}"
+    );
+}
+
+/// A refusal while the client is still sending its body arrives whole: the
+/// server shuts its side down and drains instead of resetting.
+#[test]
+fn a_413_arrives_while_the_client_still_sends_its_body() {
+    let (_server, addr) = start(&["--max-body", "4096"]);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n";
+        let _ = w.write_all(head);
+        for _ in 0..20 {
+            if w.write_all(&[7; 50_000]).is_err() {
                 break;
             }
         }
-        let mut body = [0; 13];
-        r.read_exact(&mut body).unwrap();
-        assert_eq!(&body, b"Hello, World!", "response {i}");
-    }
-    writer.join().unwrap();
+    });
+    let got = until_closed(&mut c);
+    sender.join().unwrap();
+    assert!(
+        got.starts_with(b"HTTP/1.1 413 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
