@@ -27,7 +27,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,47 +214,22 @@ fn main() {
                 _ => {}
             }
         });
-    let mut pool = pool.unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot start the pool: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    // Ctrl-C and SIGTERM stop it gracefully from here on (before it says it
-    // listens, so a client that signals at once gets a clean exit).
-    if let Err(e) = pool.catch_signals() {
-        cli.fail(format!("cannot catch signals: {}", common::gaio_reason(&e)));
-    }
-    let fail = |e: std::io::Error| -> ! {
-        cli.fail(format!("cannot listen on {listen}: {}", common::reason(&e)))
-    };
-    let first = bind(listen, reuseport, sndbuf).unwrap_or_else(|e| fail(e));
-    let addr = first.local_addr().unwrap_or_else(|e| fail(e));
-    let listening = if reuseport {
-        // The others join the port the first one got.
-        let mut all = vec![first];
-        for _ in 1..pool.watchers() {
-            all.push(bind(addr, true, sndbuf).unwrap_or_else(|e| fail(e)));
+    let pool = cli.start_pool(pool, listen, |pool| {
+        let first = bind(listen, reuseport, sndbuf)?;
+        let addr = first.local_addr()?;
+        if reuseport {
+            // The others join the port the first one got.
+            let mut all = vec![first];
+            for _ in 1..pool.watchers() {
+                all.push(bind(addr, true, sndbuf)?);
+            }
+            pool.listen_reuseport_on(all)?;
+        } else {
+            pool.listen_on(first)?;
         }
-        pool.listen_reuseport_on(all)
-    } else {
-        pool.listen_on(first).map(drop)
-    };
-    if let Err(e) = listening {
-        cli.fail(format!(
-            "cannot listen on {listen}: {}",
-            common::gaio_reason(&e)
-        ));
-    }
-    println!("listening on {addr}");
-    let _ = std::io::stdout().flush();
-
-    if let Err(e) = pool.run() {
-        cli.fail(format!(
-            "cannot wait for a signal: {}",
-            common::gaio_reason(&e)
-        ));
-    }
+        Ok(addr)
+    });
+    cli.run_pool(pool);
 }
 
 /// A listener whose accepted connections inherit `SO_SNDBUF` (Linux does).

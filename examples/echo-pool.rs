@@ -85,34 +85,16 @@ fn main() {
                 }
             }
         });
-    let mut pool = pool.unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot start the pool: {}",
-            common::gaio_reason(&e)
-        ))
+    let pool = cli.start_pool(pool, listen, |pool| {
+        if reuseport {
+            pool.listen_reuseport(listen)
+        } else {
+            // TCP_NODELAY on the listener, which Linux hands to every accepted
+            // socket: echoes go out at once, as the other bench servers' do.
+            let l = common::listener(listen).map_err(gaio::Error::Io)?;
+            pool.listen_on(l)
+        }
     });
-    // Ctrl-C and SIGTERM stop it gracefully from here on (before it says it
-    // listens, so a client that signals at once gets a clean exit).
-    if let Err(e) = pool.catch_signals() {
-        cli.fail(format!("cannot catch signals: {}", common::gaio_reason(&e)));
-    }
-    let addr = if reuseport {
-        pool.listen_reuseport(listen)
-    } else {
-        // TCP_NODELAY on the listener, which Linux hands to every accepted
-        // socket: echoes go out at once, as the other bench servers' do.
-        common::listener(listen)
-            .map_err(gaio::Error::Io)
-            .and_then(|l| pool.listen_on(l))
-    }
-    .unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot listen on {listen}: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    println!("listening on {addr}");
-    let _ = std::io::stdout().flush();
 
     // Figures, if asked for, from a thread of their own: the main thread
     // serves until SIGINT or SIGTERM.
@@ -126,12 +108,7 @@ fn main() {
         });
     }
     let handle = pool.handle();
-    if let Err(e) = pool.run() {
-        cli.fail(format!(
-            "cannot wait for a signal: {}",
-            common::gaio_reason(&e)
-        ));
-    }
+    cli.run_pool(pool);
     print_stats(&handle);
 }
 

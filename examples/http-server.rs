@@ -27,7 +27,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -76,35 +75,13 @@ fn main() {
             let mut server = Server::new(cfg.clone());
             move |io: &Io<Ctx>, ev: Event<'_, Ctx>| server.handle(io, ev)
         });
-    let mut pool = pool.unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot start the pool: {}",
-            common::gaio_reason(&e)
-        ))
+    let pool = cli.start_pool(pool, listen, |pool| {
+        if reuseport {
+            pool.listen_reuseport(listen)
+        } else {
+            let l = common::listener(listen).map_err(gaio::Error::Io)?;
+            pool.listen_on(l)
+        }
     });
-    // Ctrl-C and SIGTERM stop it gracefully from here on.
-    if let Err(e) = pool.catch_signals() {
-        cli.fail(format!("cannot catch signals: {}", common::gaio_reason(&e)));
-    }
-    let addr = if reuseport {
-        pool.listen_reuseport(listen)
-    } else {
-        common::listener(listen)
-            .map_err(gaio::Error::Io)
-            .and_then(|l| pool.listen_on(l))
-    }
-    .unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot listen on {listen}: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    println!("listening on {addr}");
-    let _ = std::io::stdout().flush();
-    if let Err(e) = pool.run() {
-        cli.fail(format!(
-            "cannot wait for a signal: {}",
-            common::gaio_reason(&e)
-        ));
-    }
+    cli.run_pool(pool);
 }

@@ -973,30 +973,6 @@ fn main() {
                 }
             }
         });
-    let mut pool = pool.unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot start the pool: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    // Ctrl-C and SIGTERM stop it gracefully from here on (before it says it
-    // listens, so a client that signals at once gets a clean exit).
-    if let Err(e) = pool.catch_signals() {
-        cli.fail(format!("cannot catch signals: {}", common::gaio_reason(&e)));
-    }
-    let addr = pool.listen(listen).unwrap_or_else(|e| {
-        cli.fail(format!(
-            "cannot listen on {listen}: {}",
-            common::gaio_reason(&e)
-        ))
-    });
-    println!("listening on {addr}");
-    let _ = std::io::stdout().flush();
-
-    if let Err(e) = pool.run() {
-        cli.fail(format!(
-            "cannot wait for a signal: {}",
-            common::gaio_reason(&e)
-        ));
-    }
+    let pool = cli.start_pool(pool, listen, |pool| pool.listen(listen));
+    cli.run_pool(pool);
 }

@@ -7,10 +7,13 @@
 #![allow(dead_code)] // each example uses part of it
 
 use std::fmt::Display;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::exit;
 use std::str::FromStr;
 use std::time::Duration;
+
+use gaio::pool::Pool;
 
 /// An example's command line.
 pub struct Cli {
@@ -101,6 +104,37 @@ impl Cli {
     pub fn fail(&self, msg: impl Display) -> ! {
         eprintln!("{}: {msg}", self.prog);
         exit(1)
+    }
+
+    /// A pool server's start: the built pool (or a one-line failure),
+    /// SIGINT/SIGTERM caught before anything is announced, `listen` (which
+    /// binds and returns the address), then `listening on ADDR`.
+    pub fn start_pool<C: Send + 'static, M: Send + 'static>(
+        &self,
+        pool: gaio::Result<Pool<C, M>>,
+        listen: SocketAddr,
+        bind: impl FnOnce(&Pool<C, M>) -> gaio::Result<SocketAddr>,
+    ) -> Pool<C, M> {
+        let mut pool = pool
+            .unwrap_or_else(|e| self.fail(format!("cannot start the pool: {}", gaio_reason(&e))));
+        // Before the address goes out: a client that signals at once gets a
+        // clean exit.
+        if let Err(e) = pool.catch_signals() {
+            self.fail(format!("cannot catch signals: {}", gaio_reason(&e)));
+        }
+        let addr = bind(&pool).unwrap_or_else(|e| {
+            self.fail(format!("cannot listen on {listen}: {}", gaio_reason(&e)))
+        });
+        println!("listening on {addr}");
+        let _ = std::io::stdout().flush();
+        pool
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts the pool down gracefully.
+    pub fn run_pool<C: Send + 'static, M: Send + 'static>(&self, pool: Pool<C, M>) {
+        if let Err(e) = pool.run() {
+            self.fail(format!("cannot wait for a signal: {}", gaio_reason(&e)));
+        }
     }
 
     /// Hands the listener bound on `addr` (or the error binding it) to the
