@@ -230,6 +230,41 @@ pub(crate) fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// RSS growth of process `pid` per connection, after `n` connections to `addr`
+/// each sent `request` once, read a reply ending in `reply_end`, and stayed
+/// open and idle. `name` labels errors.
+pub(crate) fn idle_rss_per_conn(
+    name: &str,
+    pid: u32,
+    addr: SocketAddr,
+    n: usize,
+    request: &[u8],
+    reply_end: &[u8],
+) -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let err = |e: io::Error| format!("{name}: {e}");
+    let base = rss_bytes(pid);
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(std::net::TcpStream::connect(addr).map_err(err)?);
+    }
+    // Every connection served once, so each is accepted and set up.
+    let mut buf = [0u8; 1024];
+    for c in &mut conns {
+        c.write_all(request).map_err(err)?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(err)?;
+        let mut got = 0;
+        while !buf[..got].ends_with(reply_end) {
+            match c.read(&mut buf[got..]).map_err(err)? {
+                0 => return Err(format!("{name}: closed an idle connection")),
+                k => got += k,
+            }
+        }
+    }
+    Ok(rss_bytes(pid).saturating_sub(base) as f64 / n as f64)
+}
+
 impl Drop for Running {
     /// Stops the server on every path, early returns and errors included.
     fn drop(&mut self) {

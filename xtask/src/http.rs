@@ -7,11 +7,10 @@
 //! with 10,000 open.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use crate::Paths;
 use crate::redis::pinned;
@@ -218,29 +217,9 @@ fn one(srv: &Http, load: Load, secs: u64, core: Option<usize>) -> Result<Line, S
 
 /// RSS growth per keep-alive connection that made one request and went idle.
 fn idle_bytes_per_conn(srv: &Http) -> Result<f64, String> {
-    let err = |e: io::Error| format!("{}: {e}", srv.name);
-    let base = crate::bench::rss_bytes(srv.child.id());
-    let mut conns = Vec::with_capacity(IDLE_CONNS);
-    for _ in 0..IDLE_CONNS {
-        conns.push(TcpStream::connect(srv.addr).map_err(err)?);
-    }
-    let mut buf = [0u8; 1024];
-    for c in &mut conns {
-        c.write_all(b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n")
-            .map_err(err)?;
-        c.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(err)?;
-        let mut got = 0;
-        while !buf[..got].ends_with(b"Hello, World!") {
-            let n = c.read(&mut buf[got..]).map_err(err)?;
-            if n == 0 {
-                return Err(format!("{}: closed a keep-alive connection", srv.name));
-            }
-            got += n;
-        }
-    }
-    let grown = crate::bench::rss_bytes(srv.child.id()).saturating_sub(base);
-    Ok(grown as f64 / IDLE_CONNS as f64)
+    let req = b"GET /plaintext HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pid = srv.child.id();
+    crate::bench::idle_rss_per_conn(srv.name, pid, srv.addr, IDLE_CONNS, req, b"Hello, World!")
 }
 
 /// Every server's name, its line per load, and bytes per idle connection.

@@ -57,10 +57,6 @@ impl Resp {
     fn cpu(&self) -> f64 {
         crate::bench::cpu_secs(self.child.id())
     }
-
-    fn rss(&self) -> u64 {
-        crate::bench::rss_bytes(self.child.id())
-    }
 }
 
 impl Drop for Resp {
@@ -232,26 +228,17 @@ fn one(
     })
 }
 
-/// RSS growth per connected, idle client.
+/// RSS growth per connected, idle client (served one PING).
 fn idle_bytes_per_client(srv: &Resp) -> Result<f64, String> {
-    let base = srv.rss();
-    let mut conns = Vec::with_capacity(IDLE_CLIENTS);
-    for _ in 0..IDLE_CLIENTS {
-        conns
-            .push(TcpStream::connect(srv.addr).map_err(|e| format!("{}: connect: {e}", srv.name))?);
-    }
-    // Every connection served once (PING), so each is accepted and set up.
-    for c in &mut conns {
-        use std::io::{Read, Write};
-        c.write_all(b"PING\r\n")
-            .map_err(|e| format!("{}: {e}", srv.name))?;
-        c.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        let mut pong = [0u8; 7];
-        c.read_exact(&mut pong)
-            .map_err(|e| format!("{}: no PONG: {e}", srv.name))?;
-    }
-    let grown = srv.rss().saturating_sub(base);
-    Ok(grown as f64 / IDLE_CLIENTS as f64)
+    let pid = srv.child.id();
+    crate::bench::idle_rss_per_conn(
+        &srv.name,
+        pid,
+        srv.addr,
+        IDLE_CLIENTS,
+        b"PING\r\n",
+        b"+PONG\r\n",
+    )
 }
 
 /// One server's figures: its name, the lines of each load, bytes per idle client.

@@ -10,6 +10,17 @@ use std::time::Duration;
 use gaio_core::{Error, Flow, Op, Requests, Watcher};
 use util::*;
 
+/// Kernel buffers of `bytes` on both sides of a pair, so a peer that does not
+/// read backs the writes up soon.
+fn small_buffers(client: &std::net::TcpStream, server: &std::net::TcpStream, bytes: usize) {
+    socket2::SockRef::from(client)
+        .set_recv_buffer_size(bytes)
+        .unwrap();
+    socket2::SockRef::from(server)
+        .set_send_buffer_size(bytes)
+        .unwrap();
+}
+
 fn watcher_with(flow: Flow) -> Watcher<u32> {
     Watcher::builder().flow(flow).build().unwrap()
 }
@@ -19,12 +30,7 @@ fn writability_turns_at_the_watermarks_and_writable_completes_at_low() {
     let _serial = serial();
     let (mut client, server) = tcp_pair();
     // Small kernel buffers: the peer's and the server's hold little of 1 MiB.
-    socket2::SockRef::from(&client)
-        .set_recv_buffer_size(16 << 10)
-        .unwrap();
-    socket2::SockRef::from(&server)
-        .set_send_buffer_size(16 << 10)
-        .unwrap();
+    small_buffers(&client, &server, 16 << 10);
     let mut w = watcher_with(Flow::new(4096, 16384));
     let conn = w.register(server).unwrap();
     let io = w.local();
@@ -83,7 +89,7 @@ fn writable_completes_at_once_when_writable_and_closed_on_free() {
     assert!(d.result.is_ok());
     // Above the high watermark with a peer that never reads: the waiter ends
     // with the connection.
-    w.set_flow_for_test(conn);
+    fill_past_watermarks(&mut w, conn);
     w.local().writable(conn, 2).unwrap();
     w.local().writable(conn, 3).unwrap();
     w.local().free(conn).unwrap();
@@ -113,15 +119,9 @@ fn writable_completes_at_once_when_writable_and_closed_on_free() {
 
 /// Fills `conn`'s queue far past any watermark with one write of 8 MiB (the
 /// peer does not read).
-trait Fill {
-    fn set_flow_for_test(&mut self, conn: gaio_core::Conn);
-}
-
-impl Fill for Watcher<u32> {
-    fn set_flow_for_test(&mut self, conn: gaio_core::Conn) {
-        self.local().write(conn, 1, vec![7; 8 << 20]).unwrap();
-        assert!(!self.local().is_writable(conn));
-    }
+fn fill_past_watermarks(w: &mut Watcher<u32>, conn: gaio_core::Conn) {
+    w.local().write(conn, 1, vec![7; 8 << 20]).unwrap();
+    assert!(!w.local().is_writable(conn));
 }
 
 #[test]
@@ -157,12 +157,7 @@ fn paused_reads_push_back_on_a_peer_that_does_not_read() {
     const TOTAL: usize = 8 << 20;
     let (client, server) = tcp_pair();
     // Small kernel buffers, so the peer gets ahead of the server quickly.
-    socket2::SockRef::from(&client)
-        .set_recv_buffer_size(64 << 10)
-        .unwrap();
-    socket2::SockRef::from(&server)
-        .set_send_buffer_size(64 << 10)
-        .unwrap();
+    small_buffers(&client, &server, 64 << 10);
     let mut w: Watcher<u32> = Watcher::builder()
         .flow(Flow::new(HIGH / 4, HIGH).pause_reads(true))
         .swap_buffer(64 << 10)
@@ -240,12 +235,7 @@ fn paused_reads_push_back_on_a_peer_that_does_not_read() {
 fn an_expired_write_that_ends_the_backlog_resumes_paused_reads() {
     let _serial = serial();
     let (mut client, server) = tcp_pair();
-    socket2::SockRef::from(&client)
-        .set_recv_buffer_size(16 << 10)
-        .unwrap();
-    socket2::SockRef::from(&server)
-        .set_send_buffer_size(16 << 10)
-        .unwrap();
+    small_buffers(&client, &server, 16 << 10);
     let mut w = watcher_with(Flow::new(1 << 20, (1 << 20) + 1).pause_reads(true));
     let conn = w.register(server).unwrap();
     let io = w.local();

@@ -335,3 +335,16 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }
 }
+
+/// The most RSS (KiB) process `pid` held while sampled every 20 ms for
+/// `during`: what a server costs while a client misbehaves. The sampling is
+/// the measurement, not a wait for I/O.
+pub fn peak_rss_kib(pid: u32, during: Duration) -> u64 {
+    let until = Instant::now() + during;
+    let mut most = status_kib(pid, "VmRSS:");
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        most = most.max(status_kib(pid, "VmRSS:"));
+    }
+    most
+}

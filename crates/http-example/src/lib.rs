@@ -133,10 +133,6 @@ impl Sessions {
             *s = Session::default(); // its buffer goes too
         }
     }
-
-    fn len(&self) -> usize {
-        self.0.iter().filter(|s| s.live).count()
-    }
 }
 
 /// One watcher's HTTP server: call [`handle`](Self::handle) with every event.
@@ -261,11 +257,6 @@ impl Server {
             let _ = io.free(conn);
         }
     }
-
-    /// Connections with a session on this watcher.
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
-    }
 }
 
 impl Worker {
@@ -278,9 +269,8 @@ impl Worker {
 
     /// The instant of `stamp`, taken as the one nearest to now.
     fn at(&self, stamp: u32) -> Instant {
-        let now = self.stamp(Instant::now());
-        let ahead = stamp.wrapping_sub(now) as i32; // within ±24 days
         let now = Instant::now();
+        let ahead = stamp.wrapping_sub(self.stamp(now)) as i32; // within ±24 days
         if ahead >= 0 {
             now + Duration::from_millis(ahead as u64)
         } else {

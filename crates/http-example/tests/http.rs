@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gaio_testkit::{Example as Server, PATIENCE, start_example, status_kib};
+use gaio_testkit::{Example as Server, PATIENCE, peak_rss_kib, start_example, status_kib};
 
 fn start(args: &[&str]) -> (Server, SocketAddr) {
     let (child, addr) = start_example("http-server", &[&["--watchers", "2"], args].concat());
@@ -357,14 +357,8 @@ fn a_client_that_pipelines_without_reading_is_paused_not_buffered() {
             }
         }
     });
-    // The client reads nothing for a second; the server's memory is sampled
-    // meanwhile (a bound, not a wait for I/O).
-    let mut most = before;
-    let until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < until {
-        most = most.max(status_kib(pid, "VmRSS:"));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The client reads nothing for a second; the server's memory meanwhile.
+    let most = peak_rss_kib(pid, Duration::from_secs(1)).max(before);
     assert!(
         most - before < 32 * 1024,
         "server RSS grew by {} KiB while the client did not read",

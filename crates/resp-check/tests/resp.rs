@@ -4,9 +4,9 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gaio_testkit::{Example as Server, start_example as start, status_kib};
+use gaio_testkit::{Example as Server, peak_rss_kib, start_example as start, status_kib};
 
 /// A resp-server and a connection to it through the `redis` crate.
 fn resp() -> (Server, SocketAddr, redis::Connection) {
@@ -264,14 +264,8 @@ fn resp_server_stops_reading_a_client_that_does_not_read_and_delivers_later() {
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || w.write_all(&GET_V.repeat(N)).unwrap());
-    // The client reads nothing for a second; the server's memory is sampled
-    // meanwhile (a bound, not a wait for I/O).
-    let mut most = before;
-    let until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < until {
-        most = most.max(status_kib(pid, "VmRSS:"));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The client reads nothing for a second; the server's memory meanwhile.
+    let most = peak_rss_kib(pid, Duration::from_secs(1)).max(before);
     assert!(
         most - before < 32 * 1024,
         "server RSS grew by {} KiB while the client did not read",
