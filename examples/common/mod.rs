@@ -159,6 +159,14 @@ impl Cli {
         let _ = std::io::stdout().flush();
         conn
     }
+
+    /// Prints a line after `listening on` (the TLS certificate's fingerprint).
+    pub fn note(&self, line: Option<&str>) {
+        if let Some(line) = line {
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+        }
+    }
 }
 
 /// A TCP listener with a 4096 backlog (std's 128 overflows when thousands of

@@ -163,7 +163,7 @@ pub use conn::Conn;
 pub use error::{Error, Result};
 pub use flow::Flow;
 pub use queue::ConnCounts;
-pub use requests::{Request, Requests, WriteBuf};
+pub use requests::{Asks, Parts, Request, Requests, WriteBuf};
 pub use submit::{Local, Submitter};
 pub use watcher::{Builder, Completions, Watcher};
 

@@ -18,9 +18,10 @@ use crate::{Conn, Result};
 /// One request as it travels from a [`Requests`] method to the watcher: what it
 /// asks for (read, write, accept, …), the caller's context, its buffer and its
 /// deadline. The provided methods of [`Requests`] make it; an implementor passes
-/// it on, changing at most the context ([`map_ctx`](Self::map_ctx)). Nothing else
-/// can make or open one, so every request a watcher sees was checked by the
-/// same code.
+/// it on, changing at most the context ([`map_ctx`](Self::map_ctx)), or takes
+/// it apart ([`into_parts`](Self::into_parts)) after the same checks. Nothing
+/// else can make one, so every request a watcher sees was checked by the same
+/// code.
 #[derive(Debug)]
 pub struct Request<C> {
     /// Already in the engine's form: handing it on moves it once.
@@ -76,6 +77,82 @@ impl<C> Request<C> {
         }
     }
 
+    /// Takes the request apart, after the checks every watcher makes (an empty
+    /// or oversized buffer is refused here as it would be at submission): for a
+    /// layer that serves some connections itself rather than passing their
+    /// requests on — gaio-tls turns a plaintext read or write on a TLS
+    /// connection into records.
+    ///
+    /// ```
+    /// use gaio_core::{Asks, Conn, Local, Request, Requests, Result, Watcher};
+    /// use std::cell::RefCell;
+    /// use std::os::fd::OwnedFd;
+    /// use std::time::Instant;
+    ///
+    /// /// Counts the bytes written through it before passing each request on.
+    /// struct Metered<'w>(Local<'w, u32>, RefCell<usize>);
+    ///
+    /// impl Requests<u32> for Metered<'_> {
+    ///     fn submit(&self, conn: Conn, req: Request<u32>) -> Result<()> {
+    ///         let parts = req.into_parts()?;
+    ///         match parts.asks {
+    ///             Asks::Write(buf) => {
+    ///                 *self.1.borrow_mut() += buf.len();
+    ///                 self.0.write_deadline(conn, parts.ctx, buf, parts.deadline)
+    ///             }
+    ///             Asks::Read { buf, full: false } => self.0.read_deadline(conn, parts.ctx, buf, parts.deadline),
+    ///             _ => unimplemented!("the rest, likewise"),
+    ///         }
+    ///     }
+    ///     fn connect_fd(&self, fd: OwnedFd, ctx: u32, at: Option<Instant>) -> Result<Conn> {
+    ///         self.0.connect_fd(fd, ctx, at)
+    ///     }
+    ///     fn free(&self, conn: Conn) -> Result<()> {
+    ///         self.0.free(conn)
+    ///     }
+    /// }
+    ///
+    /// let mut w: Watcher<u32> = Watcher::new()?;
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair()?;
+    /// let conn = w.register(a)?;
+    /// let metered = Metered(w.local(), RefCell::new(0));
+    /// metered.write(conn, 7, b"hello".to_vec())?;
+    /// assert!(metered.write(conn, 8, Vec::new()).is_err()); // refused: empty
+    /// assert_eq!(*metered.1.borrow(), 5);
+    /// assert_eq!(w.wait_io()?.next().unwrap().ctx, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As the request method that made it: [`Error::EmptyBuffer`](crate::Error::EmptyBuffer)
+    /// or an oversized buffer.
+    pub fn into_parts(self) -> Result<Parts<C>> {
+        self.check()?;
+        let kind = self.req.kind();
+        let asks = match (kind, self.req.buf) {
+            (Kind::Read | Kind::ReadFull, buf) => Asks::Read {
+                buf: match buf {
+                    Buf::Owned(v) => Some(v),
+                    _ => None,
+                },
+                full: kind == Kind::ReadFull,
+            },
+            (Kind::Write, Buf::Shared(b)) => Asks::Write(WriteBuf::Shared(b)),
+            (Kind::Write, Buf::Owned(v)) => Asks::Write(WriteBuf::Owned(v)),
+            (Kind::Write, _) => Asks::Write(WriteBuf::Owned(Vec::new())),
+            (Kind::Accept, _) => Asks::Accept,
+            (Kind::Connect, _) => Asks::Connect,
+            (Kind::Shutdown, _) => Asks::Shutdown,
+            (Kind::Close, _) => Asks::Close,
+            (Kind::Writable, _) => Asks::Writable,
+        };
+        Ok(Parts {
+            asks,
+            ctx: self.req.ctx,
+            deadline: self.deadline,
+        })
+    }
+
     /// Refuses what can never complete (see `check_buf`).
     #[inline]
     pub(crate) fn check(&self) -> Result<()> {
@@ -87,6 +164,44 @@ impl<C> Request<C> {
     pub(crate) fn into_req(self) -> (Req<C>, Option<Instant>) {
         (self.req, self.deadline)
     }
+}
+
+/// A [`Request`] taken apart by [`Request::into_parts`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Parts<C> {
+    /// What it asks for, with its buffer.
+    pub asks: Asks,
+    /// The caller's context.
+    pub ctx: C,
+    /// When it must complete by, if ever.
+    pub deadline: Option<Instant>,
+}
+
+/// What a request asks for (see [`Request::into_parts`]); one variant per
+/// request method family of [`Requests`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Asks {
+    /// `read*` (`buf: None`: into the swap buffer) or, with `full`, `read_full`.
+    Read {
+        /// The caller's buffer, or `None` for the swap buffer.
+        buf: Option<Vec<u8>>,
+        /// Complete only once the buffer is full (`read_full`).
+        full: bool,
+    },
+    /// `write*`, with its bytes.
+    Write(WriteBuf),
+    /// `accept` (on a listener).
+    Accept,
+    /// The connect request `connect_fd` queues.
+    Connect,
+    /// `shutdown`.
+    Shutdown,
+    /// `close`.
+    Close,
+    /// `writable`.
+    Writable,
 }
 
 /// The requests a watcher takes — read, write, accept, connect, shutdown, close,
@@ -140,9 +255,10 @@ impl<C> Request<C> {
 ///
 /// An implementor supplies the path — [`submit`](Self::submit),
 /// [`connect_fd`](Self::connect_fd) and [`free`](Self::free) — and gets every
-/// request method with the rules above. A [`Request`] cannot be made or taken
-/// apart outside gaio-core, so an implementor of its own passes each one on to
-/// a `Local` or `Submitter` (see [`Request::map_ctx`]).
+/// request method with the rules above. A [`Request`] cannot be made outside
+/// gaio-core, so an implementor of its own passes each one on to a `Local` or
+/// `Submitter` (see [`Request::map_ctx`]), or takes it apart
+/// ([`Request::into_parts`]) to serve it itself, as gaio-tls does.
 pub trait Requests<C> {
     /// Takes one request on `conn`: the path every provided request method but
     /// `connect` and `free` goes through. Each implementor's refusals live here
@@ -655,6 +771,16 @@ impl WriteBuf {
     /// Whether it holds no bytes (a write of it is refused).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl AsRef<[u8]> for WriteBuf {
+    /// Its bytes, whichever kind it is.
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            WriteBuf::Owned(v) => v,
+            WriteBuf::Shared(b) => b,
+        }
     }
 }
 

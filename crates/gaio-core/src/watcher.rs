@@ -155,6 +155,30 @@ impl<C> Builder<C> {
         self
     }
 
+    /// The same settings, for a watcher whose requests carry a `D`: for a
+    /// program that picks its context type at run time (plaintext `()`, or
+    /// gaio-tls' `Ctx<()>`) after reading its options.
+    ///
+    /// ```
+    /// use gaio_core::{Builder, Watcher};
+    /// let settings: Builder<()> = Watcher::builder().swap_buffer(16 * 1024);
+    /// let w: Watcher<(u32, u32)> = settings.with_ctx().build()?;
+    /// # drop(w);
+    /// # Ok::<(), gaio_core::Error>(())
+    /// ```
+    pub fn with_ctx<D>(self) -> Builder<D> {
+        Builder {
+            swap: self.swap,
+            events: self.events,
+            cpu: self.cpu,
+            busy_poll: self.busy_poll,
+            write_limit: self.write_limit,
+            flow: self.flow,
+            backend: self.backend,
+            _ctx: PhantomData,
+        }
+    }
+
     /// Most readiness events taken from the poller per poll (default 1024).
     pub fn events_capacity(mut self, n: usize) -> Self {
         self.events = n.max(1);
