@@ -261,6 +261,32 @@ pub fn start_example(name: &str, args: &[&str]) -> (std::process::Child, SocketA
     (child, addr)
 }
 
+/// Whether a client tool (`curl`, `python3`, `openssl`, …) is here; without it
+/// a test says so and passes, unless `GAIO_REQUIRE_TOOLS` is set (as `.ci/run`
+/// does), where it fails.
+pub fn have_tool(tool: &str) -> bool {
+    use std::process::{Command, Stdio};
+    let arg = if tool == "openssl" {
+        "version"
+    } else {
+        "--version"
+    };
+    let found = Command::new(tool)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("GAIO_REQUIRE_TOOLS").is_none(),
+            "{tool} is missing (Debian: apt-get install {tool})"
+        );
+        eprintln!("SKIPPED: {tool} is not installed");
+    }
+    found
+}
+
 /// A `kB` figure of `/proc/PID/status` (`"VmRSS:"`, `"VmHWM:"`, …).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

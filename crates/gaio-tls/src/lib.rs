@@ -601,65 +601,71 @@ impl<C> Tls<C> {
     /// the watcher completes those bytes, so each completes exactly once, even if
     /// the watcher refuses them.
     fn flush_waiting<R: Requests<Ctx<C>>>(&self, io: &R, conn: Conn) {
+        let Some(items) = self.with(conn, |s| std::mem::take(&mut s.waiting)) else {
+            return;
+        };
+        if items.is_empty() {
+            return;
+        }
+        // Writes, then at most a shutdown and a close (writes after those were
+        // refused when made): the writes' records and one close_notify in one
+        // buffer, then the shutdown and close themselves.
         let mut out = self.spare_buf();
-        let mut end = None;
-        let mut sent = 0;
-        loop {
-            let Some(item) = self.with(conn, |s| s.waiting.pop_front()).flatten() else {
+        let mut res = Ok(());
+        let mut notified = false;
+        for item in &items {
+            if res.is_err() {
                 break;
-            };
-            let res = match &item {
+            }
+            res = match item {
                 Waiting::Write(_, buf, _) => {
                     self.encrypt(io, conn, Job::Encrypt(buf.as_ref()), &mut out)
                 }
-                Waiting::Shutdown(_) | Waiting::Close(..) => {
+                Waiting::Shutdown(_) | Waiting::Close(..) if !notified => {
+                    notified = true;
                     self.encrypt(io, conn, Job::CloseNotify, &mut out)
                 }
+                _ => Ok(()),
             };
-            let stop = !matches!(item, Waiting::Write(..));
-            if let Waiting::Close(_, deadline) = &item {
-                end = Some((true, *deadline));
-            } else if stop {
-                end = Some((false, None));
-            }
-            sent += 1;
-            self.with(conn, |s| s.flushed.push_back(item));
-            if res.is_err() || stop {
-                break;
-            }
         }
-        if sent == 0 {
-            return;
-        }
-        let failed = self.with(conn, |s| s.failed.is_some()).unwrap_or(true);
-        if failed {
-            // The session failed while encrypting: the requests complete with
-            // its error at the next delivery.
+        let ends: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                Waiting::Shutdown(_) => Some((false, None)),
+                Waiting::Close(_, deadline) => Some((true, *deadline)),
+                Waiting::Write(..) => None,
+            })
+            .collect();
+        self.with(conn, |s| s.flushed.extend(items));
+        let sent = res.and_then(|()| io.write(conn, internal(Kind::Flushed), out));
+        if let Err(e) = sent {
+            // Nothing reached the watcher: the requests complete with the
+            // failure at the next delivery.
+            if self.with(conn, |s| s.failed.is_none()) == Some(true) {
+                self.fail(io, conn, e, Vec::new());
+            }
             self.with(conn, Session::unflush);
             return;
         }
-        if let Err(e) = io.write(conn, internal(Kind::Flushed), out) {
-            self.fail(io, conn, e, Vec::new());
-            self.with(conn, Session::unflush);
-            return;
-        }
-        if let Some((close, deadline)) = end {
-            self.with(conn, |s| s.write_closed = true);
-            let res = if close {
+        for (i, (close, deadline)) in ends.iter().enumerate() {
+            let res = if *close {
                 self.with(conn, |s| s.closing = true);
-                io.close(conn, internal(Kind::End), deadline)
+                io.close(conn, internal(Kind::End), *deadline)
             } else {
                 io.shutdown(conn, internal(Kind::End))
             };
             if let Err(e) = res {
+                // This one and those after it never reach the watcher: they
+                // complete with the failure.
                 self.fail(io, conn, e, Vec::new());
-                // The shutdown or close never reaches the watcher: it completes
-                // with the failure.
                 self.with(conn, |s| {
-                    if let Some(last) = s.flushed.pop_back() {
-                        s.waiting.push_front(last);
+                    let keep = s.flushed.len() - (ends.len() - i);
+                    let rest: Vec<_> = s.flushed.drain(keep..).collect();
+                    for w in rest.into_iter().rev() {
+                        s.waiting.push_front(w);
                     }
                 });
+                return;
             }
         }
     }
@@ -990,30 +996,40 @@ impl<'a, C, R: Requests<Ctx<C>>> TlsIo<'a, C, R> {
 
     fn write_side(&self, conn: Conn, item: Waiting<C>) -> Result<()> {
         let tls = self.tls;
+        let mut item = Some(item);
         let now = tls
             .with(conn, |s| {
-                if s.failed.is_some() || s.dead || s.write_closed {
-                    return Err((Error::ConnClosed, None));
+                let is_close = matches!(item, Some(Waiting::Close(..)));
+                // A close after a shutdown: close_notify went with the shutdown.
+                let after_shutdown = is_close && s.write_closed && !s.closing;
+                if s.failed.is_some() || s.dead || (s.write_closed && !after_shutdown) {
+                    return Err(Error::ConnClosed);
                 }
                 if !s.open || !s.waiting.is_empty() {
-                    if !matches!(item, Waiting::Write(..)) {
+                    if let Some(Waiting::Shutdown(_) | Waiting::Close(..)) = &item {
                         s.write_closed = true;
                     }
-                    s.waiting.push_back(item);
-                    return Ok(None);
+                    s.waiting.extend(item.take());
+                    return Ok(false);
                 }
-                Ok(Some(item))
+                if after_shutdown {
+                    s.closing = true;
+                }
+                Ok(after_shutdown)
             })
-            .ok_or(Error::ConnClosed)
-            .and_then(|r| r.map_err(|(e, _): (Error, Option<()>)| e))?;
-        match now {
-            None => Ok(()),
-            Some(Waiting::Write(ctx, buf, deadline)) => {
-                tls.send_write(self.inner, conn, ctx, buf, deadline)
+            .ok_or(Error::ConnClosed)??;
+        let (io, inner) = (tls, self.inner);
+        match (item, now) {
+            (None, _) => Ok(()),
+            (Some(Waiting::Close(ctx, deadline)), true) => {
+                inner.close(conn, Ctx::App(ctx), deadline)
             }
-            Some(Waiting::Shutdown(ctx)) => tls.send_end(self.inner, conn, ctx, None, false),
-            Some(Waiting::Close(ctx, deadline)) => {
-                tls.send_end(self.inner, conn, ctx, deadline, true)
+            (Some(Waiting::Write(ctx, buf, deadline)), _) => {
+                io.send_write(inner, conn, ctx, buf, deadline)
+            }
+            (Some(Waiting::Shutdown(ctx)), _) => io.send_end(inner, conn, ctx, None, false),
+            (Some(Waiting::Close(ctx, deadline)), _) => {
+                io.send_end(inner, conn, ctx, deadline, true)
             }
         }
     }

@@ -161,6 +161,37 @@ fn shutdown_is_a_half_close() {
     assert_eq!(by[&4].data, b"still here");
 }
 
+/// Regression: a close after a shutdown was refused (the write side was
+/// closed), so a proxy closing both ends of a finished pair failed.
+#[test]
+fn close_after_shutdown_closes_without_a_second_close_notify() {
+    let mut p = pair();
+    p.run_until_ctx(&[100, 200]);
+    let io = p.w.local();
+    let t = p.tls.io(&io);
+    t.shutdown(p.server, 1).unwrap();
+    t.close(p.server, 2, None).unwrap();
+    t.read(p.client, 3, None).unwrap();
+    let by = p.run_until_ctx(&[1, 2, 3]);
+    assert_eq!((by[&1].op, &by[&1].result), (Op::Shutdown, &Ok(())));
+    assert_eq!((by[&2].op, &by[&2].result), (Op::Close, &Ok(())));
+    assert_eq!((by[&3].size, &by[&3].result), (0, &Ok(())));
+    assert_eq!(p.tls.got_close_notify(p.client), Some(true));
+    // And the same made during the handshake, kept until it ends.
+    let mut p = pair();
+    let io = p.w.local();
+    let t = p.tls.io(&io);
+    t.write(p.server, 1, b"last".to_vec()).unwrap();
+    t.shutdown(p.server, 2).unwrap();
+    t.close(p.server, 3, None).unwrap();
+    t.read_full(p.client, 4, vec![0; 4], None).unwrap();
+    let by = p.run_until_ctx(&[1, 2, 3, 4]);
+    for ctx in [1, 2, 3, 4] {
+        assert_eq!(by[&ctx].result, Ok(()), "{ctx}");
+    }
+    assert_eq!(by[&4].data, b"last");
+}
+
 #[test]
 fn a_read_deadline_completes_once_and_the_next_read_gets_the_bytes() {
     let mut p = pair();

@@ -14,24 +14,7 @@ fn start(args: &[&str]) -> (Server, SocketAddr) {
     (Server(child), addr)
 }
 
-/// Whether a client tool is here; without it a test says so and passes,
-/// unless `GAIO_REQUIRE_TOOLS` is set (as `.ci/run` does), where it fails.
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("GAIO_REQUIRE_TOOLS").is_none(),
-            "{tool} is missing (Debian: apt-get install {tool})"
-        );
-        eprintln!("SKIPPED: {tool} is not installed");
-    }
-    found
-}
+use gaio_testkit::have_tool as have;
 
 fn run(cmd: &mut Command, stdin: &[u8]) -> (String, String) {
     let mut child = cmd
