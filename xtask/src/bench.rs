@@ -1102,6 +1102,13 @@ pub fn bench(paths: &Paths, set: Settings) -> Result<(), String> {
                 &release, set.quick,
             )?)),
         }
+        // The TLS comparison needs nothing but what cargo builds.
+        crate::tls::build(paths)?;
+        md.push_str(&crate::tls::report(&crate::tls::run(
+            &release,
+            &out.join("tls-cert"),
+            set.quick,
+        )?));
         // And the HTTP comparison, likewise.
         match crate::http::missing_tools() {
             Some(why) => {

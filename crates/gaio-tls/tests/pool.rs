@@ -60,6 +60,9 @@ fn a_pool_serves_tls_from_every_watcher() {
         c.join().unwrap();
     }
     let stats = pool.handle().stats();
-    assert!(stats.watchers.iter().all(|w| w.completions > 0), "{stats:?}");
+    assert!(
+        stats.watchers.iter().all(|w| w.completions > 0),
+        "{stats:?}"
+    );
     pool.shutdown(std::time::Duration::from_secs(1));
 }
