@@ -356,14 +356,26 @@ fn ci(args: &[String]) -> Result<(), Fail> {
             // the host's): the packages that build it (gaio-tls; gaio's
             // examples, the bench and xtask, which use it) are skipped there;
             // gaio's library itself is still checked.
-            eprintln!("xtask: {t}: skipping gaio-tls and what builds it (ring needs a C compiler for {t})");
+            eprintln!(
+                "xtask: {t}: skipping gaio-tls and what builds it (ring needs a C compiler for {t})"
+            );
             let mut c = cargo();
             c.current_dir(root)
                 .args(["clippy", "--workspace", "--all-targets", "--target", t])
-                .args(["--exclude", "gaio-tls", "--exclude", "gaio", "--exclude", "gaio-bench"])
+                .args([
+                    "--exclude",
+                    "gaio-tls",
+                    "--exclude",
+                    "gaio",
+                    "--exclude",
+                    "gaio-bench",
+                ])
                 .args(["--exclude", "xtask"])
                 .args(["--", "-D", "warnings"]);
-            run(&format!("cargo clippy --target {t} (without gaio-tls)"), &mut c)?;
+            run(
+                &format!("cargo clippy --target {t} (without gaio-tls)"),
+                &mut c,
+            )?;
             run(
                 &format!("cargo clippy -p gaio --lib --target {t}"),
                 cargo()
@@ -392,7 +404,14 @@ fn ci(args: &[String]) -> Result<(), Fail> {
             cargo()
                 .current_dir(root)
                 .args(["test", "-p", "gaio-core", "-p", "gaio-pool", "-p", "gaio"])
-                .args(["-p", "gaio-resp-check", "-p", "gaio-http-example", "-p", "gaio-tls"])
+                .args([
+                    "-p",
+                    "gaio-resp-check",
+                    "-p",
+                    "gaio-http-example",
+                    "-p",
+                    "gaio-tls",
+                ])
                 .args(["--tests"])
                 .env("GAIO_BACKEND", "uring"),
         )?,
