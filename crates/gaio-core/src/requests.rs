@@ -95,12 +95,12 @@ impl<C> Request<C> {
     /// impl Requests<u32> for Metered<'_> {
     ///     fn submit(&self, conn: Conn, req: Request<u32>) -> Result<()> {
     ///         let parts = req.into_parts()?;
-    ///         match parts.asks {
-    ///             Asks::Write(buf) => {
+    ///         match (parts.asks, parts.deadline) {
+    ///             (Asks::Write(buf), None) => {
     ///                 *self.1.borrow_mut() += buf.len();
-    ///                 self.0.write_deadline(conn, parts.ctx, buf, parts.deadline)
+    ///                 self.0.write(conn, parts.ctx, buf)
     ///             }
-    ///             Asks::Read { buf, full: false } => self.0.read_deadline(conn, parts.ctx, buf, parts.deadline),
+    ///             (Asks::Read { buf, full: false }, None) => self.0.read(conn, parts.ctx, buf),
     ///             _ => unimplemented!("the rest, likewise"),
     ///         }
     ///     }

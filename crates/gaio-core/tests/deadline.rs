@@ -37,6 +37,27 @@ fn past_deadline_completes_on_next_wait_io() {
     assert_eq!(got, vec![(Op::Read, Err(true)), (Op::Write, Err(true))]);
 }
 
+/// Regression: a close whose deadline had already passed when it was made
+/// completed with `Deadline` but left the connection open (the fd leaked until
+/// the watcher went); a deadline passing later did close it.
+#[test]
+fn a_close_with_a_past_deadline_still_closes() {
+    use std::io::Read;
+    let _serial = serial();
+    let (mut c, mut w, _tx, conn) = watched::<u8>();
+    let io = w.local();
+    io.read(conn, 1, None).unwrap();
+    io.close(conn, 2, Some(Instant::now() - Duration::from_secs(1))).unwrap();
+    let done = collect(&mut w, 2);
+    let close = done.iter().find(|d| d.ctx == 2).unwrap();
+    assert!(matches!(close.result, Err(Error::Deadline)), "{:?}", close.result);
+    let read = done.iter().find(|d| d.ctx == 1).unwrap();
+    assert!(read.result.is_err(), "{:?}", read.result);
+    assert_eq!(w.stats().conns, 0, "the connection is gone");
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    assert_eq!(c.read(&mut [0; 1]).unwrap(), 0, "the peer sees EOF");
+}
+
 #[test]
 fn deadline_reports_partial_read_full_count() {
     let _serial = serial();

@@ -311,6 +311,11 @@ impl<C> Engine<C> {
         if let Some(at) = deadline {
             if at <= core.now() {
                 core.end(c, conn.slot, req, Err(Error::Deadline));
+                if matches!(kind, Kind::Connect | Kind::Close) {
+                    // As when such a deadline passes later: the connection
+                    // goes now.
+                    core.close(c, conn.slot);
+                }
                 return Ok(());
             }
             req.set_timer(core.timers.insert(at, conn.slot, conn.generation, dir));
