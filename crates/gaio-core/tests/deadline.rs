@@ -47,10 +47,15 @@ fn a_close_with_a_past_deadline_still_closes() {
     let (mut c, mut w, _tx, conn) = watched::<u8>();
     let io = w.local();
     io.read(conn, 1, None).unwrap();
-    io.close(conn, 2, Some(Instant::now() - Duration::from_secs(1))).unwrap();
+    io.close(conn, 2, Some(Instant::now() - Duration::from_secs(1)))
+        .unwrap();
     let done = collect(&mut w, 2);
     let close = done.iter().find(|d| d.ctx == 2).unwrap();
-    assert!(matches!(close.result, Err(Error::Deadline)), "{:?}", close.result);
+    assert!(
+        matches!(close.result, Err(Error::Deadline)),
+        "{:?}",
+        close.result
+    );
     let read = done.iter().find(|d| d.ctx == 1).unwrap();
     assert!(read.result.is_err(), "{:?}", read.result);
     assert_eq!(w.stats().conns, 0, "the connection is gone");

@@ -148,8 +148,8 @@ pub struct Internal<C>(Kind<C>);
 
 #[derive(Debug)]
 enum Kind<C> {
-    /// A ciphertext read.
-    Read,
+    /// A ciphertext read, and the deadline it carries.
+    Read(Option<Instant>),
     /// The records of one plaintext write: the caller's request and buffer.
     Write { ctx: C, plain: WriteBuf },
     /// Handshake records, alerts, tickets, `close_notify`.
@@ -158,7 +158,7 @@ enum Kind<C> {
     /// requests, in the session until this completes).
     Flushed,
     /// The shutdown or close made during the handshake (kept in the session).
-    End,
+    End { close: bool },
     /// The layer's own close after a fatal error.
     Close,
 }
@@ -257,7 +257,9 @@ impl<C> Tls<C> {
     ///
     /// # Errors
     /// [`Error::ForeignConn`] for another watcher's `Conn`; `InvalidInput` if
-    /// `conn` already speaks TLS; as `read` on `io`.
+    /// `conn` already speaks TLS, or if `config` allows 0-RTT early data
+    /// (`max_early_data_size > 0`), which this layer does not take; as `read`
+    /// on `io`.
     pub fn accept<R: Requests<Ctx<C>>>(
         &self,
         io: &R,
@@ -265,6 +267,12 @@ impl<C> Tls<C> {
         config: &Arc<ServerConfig>,
         ctx: C,
     ) -> Result<()> {
+        if config.max_early_data_size > 0 {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "gaio-tls does not take 0-RTT early data: set max_early_data_size to 0",
+            )));
+        }
         let side = UnbufferedServerConnection::new(config.clone()).map_err(tls_error)?;
         self.start(io, conn, Side::Server(side), ctx)
     }
@@ -295,7 +303,9 @@ impl<C> Tls<C> {
                 "the connection already speaks TLS",
             )));
         }
-        let deadline = self.handshake_timeout.map(|t| Instant::now() + t);
+        let deadline = self
+            .handshake_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let mut s = Box::new(Session::new(conn, side, ctx, deadline));
         // A client speaks first.
         let mut out = self.spare_buf();
@@ -307,8 +317,7 @@ impl<C> Tls<C> {
             io.write(conn, internal(Kind::Records), out)?;
         }
         read_at(io, conn, deadline)?;
-        s.core_reads = 1;
-        s.armed = deadline;
+        s.read_armed(deadline);
         let slot = conn.slot() as usize;
         let mut t = self.sessions.borrow_mut();
         if t.len() <= slot {
@@ -321,6 +330,8 @@ impl<C> Tls<C> {
 
     /// Reads the rustls state of a session (ALPN protocol, protocol version,
     /// cipher suite, whether the handshake was resumed, peer certificates).
+    /// `f` runs with the session table borrowed: it must not call into this
+    /// `Tls` (copy out what it needs instead).
     ///
     /// ```
     /// # let tls: gaio_tls::Tls<()> = gaio_tls::Tls::new();
@@ -417,7 +428,10 @@ impl<C> Tls<C> {
                 }
             }
             Ctx::Tls(Internal(kind)) => match kind {
-                Kind::Read => self.ciphertext(&tio, conn, result, &buffer, size, &mut f),
+                Kind::Read(deadline) => {
+                    self.with(conn, |s| s.read_back(deadline));
+                    self.ciphertext(&tio, conn, result, &buffer, size, &mut f)
+                }
                 Kind::Write { ctx, plain } => {
                     let sent = result.is_ok();
                     self.recycle(buffer);
@@ -450,15 +464,26 @@ impl<C> Tls<C> {
                     self.with(conn, |s| s.dead = true);
                     self.settle(&tio, conn, &mut f);
                 }
-                Kind::Flushed | Kind::End => {
-                    let end = matches!(kind, Kind::End);
-                    if !end {
-                        self.recycle(buffer);
-                    }
+                Kind::Flushed | Kind::End { .. } => {
+                    // A `Flushed` completion ends every write it carried; an
+                    // `End` completion ends its one shutdown or close (which
+                    // may complete first: a deadline goes ahead of the queue).
+                    let end = match kind {
+                        Kind::End { close } => Some(close),
+                        _ => {
+                            self.recycle(buffer);
+                            None
+                        }
+                    };
                     if let Err(e) = &result {
                         self.fail(io, conn, dup(e), Vec::new());
                     }
-                    while let Some(item) = self.with(conn, |s| s.next_flushed(end)).flatten() {
+                    let mut once = false;
+                    while let Some(item) = (!once)
+                        .then(|| self.with(conn, |s| s.next_flushed(end)).flatten())
+                        .flatten()
+                    {
+                        once = end.is_some();
                         if matches!(item, Waiting::Close(..)) {
                             self.with(conn, |s| s.dead = true);
                         }
@@ -491,7 +516,6 @@ impl<C> Tls<C> {
         let mut failure = None;
         let mut flush = false;
         let found = self.with(conn, |s| {
-            s.core_reads = s.core_reads.saturating_sub(1);
             let mut plain = self.plain.borrow_mut();
             plain.clear();
             plain.append(&mut s.plain_rest);
@@ -636,8 +660,19 @@ impl<C> Tls<C> {
                 Waiting::Write(..) => None,
             })
             .collect();
+        // The records go as one write, due by the earliest deadline among them.
+        let due = items
+            .iter()
+            .filter_map(|i| match i {
+                Waiting::Write(_, _, d) => *d,
+                _ => None,
+            })
+            .min();
         self.with(conn, |s| s.flushed.extend(items));
-        let sent = res.and_then(|()| io.write(conn, internal(Kind::Flushed), out));
+        let sent = res.and_then(|()| match due {
+            Some(d) => io.write_deadline(conn, internal(Kind::Flushed), out, d),
+            None => io.write(conn, internal(Kind::Flushed), out),
+        });
         if let Err(e) = sent {
             // Nothing reached the watcher: the requests complete with the
             // failure at the next delivery.
@@ -649,10 +684,12 @@ impl<C> Tls<C> {
         }
         for (i, (close, deadline)) in ends.iter().enumerate() {
             let res = if *close {
-                self.with(conn, |s| s.closing = true);
-                io.close(conn, internal(Kind::End), *deadline)
+                io.close(conn, internal(Kind::End { close: true }), *deadline)
+                    .inspect(|()| {
+                        self.with(conn, |s| s.closing = true);
+                    })
             } else {
-                io.shutdown(conn, internal(Kind::End))
+                io.shutdown(conn, internal(Kind::End { close: false }))
             };
             if let Err(e) = res {
                 // This one and those after it never reach the watcher: they
@@ -701,13 +738,16 @@ impl<C> Tls<C> {
     ) -> Result<()> {
         let mut out = self.spare_buf();
         self.encrypt(io, conn, Job::CloseNotify, &mut out)?;
-        self.with(conn, |s| {
-            s.write_closed = true;
-            s.closing |= close;
-        });
-        io.write(conn, internal(Kind::Records), out)?;
+        self.with(conn, |s| s.write_closed = true);
+        if let Err(e) = io.write(conn, internal(Kind::Records), out) {
+            // close_notify is spent: the connection cannot end cleanly.
+            self.fail(io, conn, dup(&e), Vec::new());
+            return Err(e);
+        }
         if close {
-            io.close(conn, Ctx::App(ctx), deadline)
+            io.close(conn, Ctx::App(ctx), deadline)?;
+            self.with(conn, |s| s.closing = true);
+            Ok(())
         } else {
             io.shutdown(conn, Ctx::App(ctx))
         }
@@ -767,7 +807,8 @@ impl<C> Tls<C> {
                 if !rest.is_empty() {
                     s.plain_rest.extend_from_slice(rest);
                 }
-                (s.wants_read() && s.core_reads == 0).then(|| s.read_deadline())
+                s.settled();
+                s.read_plan()
             });
             self.plain.borrow_mut().clear();
             self.taken.set(0);
@@ -778,11 +819,7 @@ impl<C> Tls<C> {
                 }
                 Some(deadline) => match self.arm(tio.inner, conn, deadline) {
                     Ok(()) => break,
-                    Err(e) => {
-                        self.with(conn, |s| {
-                            s.failed.get_or_insert(e);
-                        });
-                    }
+                    Err(e) => self.fail(tio.inner, conn, e, Vec::new()),
                 },
             }
         }
@@ -796,10 +833,7 @@ impl<C> Tls<C> {
         deadline: Option<Instant>,
     ) -> Result<()> {
         read_at(io, conn, deadline)?;
-        self.with(conn, |s| {
-            s.core_reads += 1;
-            s.armed = deadline;
-        });
+        self.with(conn, |s| s.read_armed(deadline));
         Ok(())
     }
 
@@ -825,12 +859,12 @@ impl<C> Tls<C> {
                 return Some(Out::Handshake(ctx, Ok(())));
             }
         }
-        if s.reads.iter().any(|r| r.deadline.is_some()) {
+        if s.reads.iter().any(|r| r.deadline.is_some() && !r.late) {
             let now = Instant::now();
             if let Some(i) = s
                 .reads
                 .iter()
-                .position(|r| r.deadline.is_some_and(|d| d <= now))
+                .position(|r| !r.late && r.deadline.is_some_and(|d| d <= now))
             {
                 let r = s.reads.remove(i)?;
                 return Some(Out::Read(r, Err(Error::Deadline), 0..0));
@@ -840,7 +874,8 @@ impl<C> Tls<C> {
             if let Some(ctx) = s.handshake.take() {
                 return Some(Out::Handshake(ctx, Err(dup(err))));
             }
-            if let Some(r) = s.reads.pop_front() {
+            if s.reads.front().is_some_and(|r| !r.late) {
+                let r = s.reads.pop_front()?;
                 return Some(Out::Read(r, Err(dup(err)), 0..0));
             }
             return s
@@ -870,7 +905,7 @@ impl<C> Tls<C> {
             let r = s.reads.pop_front()?;
             return Some(Out::Read(r, Ok(()), at..at + n));
         }
-        if s.peer_eof && s.plain_rest.is_empty() {
+        if s.peer_eof && s.plain_rest.is_empty() && s.reads.front().is_some_and(|r| !r.late) {
             let r = s.reads.pop_front()?;
             let result = if r.full {
                 Err(Error::Io(io::Error::new(
@@ -954,34 +989,18 @@ impl<'a, C, R: Requests<Ctx<C>>> TlsIo<'a, C, R> {
         self.inner
     }
 
-    fn read(&self, conn: Conn, read: Read<C>) -> Result<()> {
+    fn read(&self, conn: Conn, mut read: Read<C>) -> Result<()> {
         let tls = self.tls;
-        let deadline = read.deadline;
         let arm = tls
             .with(conn, |s| {
                 if s.failed.is_some() || s.dead {
                     return Err(Error::ConnClosed);
                 }
+                let settling = tls.settling.get() == Some(conn);
+                read.late = settling;
                 s.reads.push_back(read);
-                if tls.settling.get() == Some(conn) {
-                    // The delivery under way reads on when it is done.
-                    return Ok(None);
-                }
-                if s.core_reads == 0 {
-                    if !s.plain_rest.is_empty() || s.peer_eof {
-                        // Bytes (or EOF) are here already: a read that ends
-                        // at once brings them to the next batch.
-                        return Ok(Some(Some(Instant::now())));
-                    }
-                    return Ok(Some(s.read_deadline()));
-                }
-                // A read in flight already; one with an earlier deadline
-                // needs a read that ends then.
-                match (deadline, s.armed) {
-                    (Some(d), Some(a)) if d < a => Ok(Some(Some(d))),
-                    (Some(d), None) => Ok(Some(Some(d))),
-                    _ => Ok(None),
-                }
+                // During a delivery, the delivery reads on when it is done.
+                Ok(if settling { None } else { s.read_plan() })
             })
             .ok_or(Error::ConnClosed)??;
         if let Some(deadline) = arm {
@@ -1012,9 +1031,6 @@ impl<'a, C, R: Requests<Ctx<C>>> TlsIo<'a, C, R> {
                     s.waiting.extend(item.take());
                     return Ok(false);
                 }
-                if after_shutdown {
-                    s.closing = true;
-                }
                 Ok(after_shutdown)
             })
             .ok_or(Error::ConnClosed)??;
@@ -1022,7 +1038,9 @@ impl<'a, C, R: Requests<Ctx<C>>> TlsIo<'a, C, R> {
         match (item, now) {
             (None, _) => Ok(()),
             (Some(Waiting::Close(ctx, deadline)), true) => {
-                inner.close(conn, Ctx::App(ctx), deadline)
+                inner.close(conn, Ctx::App(ctx), deadline)?;
+                tls.with(conn, |s| s.closing = true);
+                Ok(())
             }
             (Some(Waiting::Write(ctx, buf, deadline)), _) => {
                 io.send_write(inner, conn, ctx, buf, deadline)
@@ -1054,6 +1072,7 @@ impl<C, R: Requests<Ctx<C>>> Requests<C> for TlsIo<'_, C, R> {
                     full,
                     done: 0,
                     deadline,
+                    late: false,
                 },
             ),
             Asks::Write(buf) => self.write_side(conn, Waiting::Write(ctx, buf, deadline)),
@@ -1085,8 +1104,8 @@ impl<C, R: Requests<Ctx<C>>> Requests<C> for TlsIo<'_, C, R> {
 /// A ciphertext read, with a deadline or without.
 fn read_at<C, R: Requests<Ctx<C>>>(io: &R, conn: Conn, deadline: Option<Instant>) -> Result<()> {
     match deadline {
-        Some(d) => io.read_deadline(conn, internal(Kind::Read), None, d),
-        None => io.read(conn, internal(Kind::Read), None),
+        Some(d) => io.read_deadline(conn, internal(Kind::Read(deadline)), None, d),
+        None => io.read(conn, internal(Kind::Read(None)), None),
     }
 }
 

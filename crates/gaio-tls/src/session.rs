@@ -15,9 +15,9 @@ use rustls::unbuffered::{
 
 /// The most ciphertext a session holds between reads: a partial record (at most
 /// 16 KiB of payload plus its expansion), or a handshake message split over
-/// records (rustls caps one at 64 KiB). A peer that sends more without
-/// completing a record is cut off.
-pub(crate) const MAX_PENDING: usize = 64 * 1024 + 5 + 2048;
+/// records (rustls caps one at 64 KiB) with the records it starts and ends in.
+/// A peer that sends more without completing one is cut off.
+pub(crate) const MAX_PENDING: usize = 64 * 1024 + 2 * (16 * 1024 + 2048 + 5);
 
 /// rustls' two unbuffered connection types share the state machine but not the
 /// entry point; this is the entry point once.
@@ -97,6 +97,10 @@ pub(crate) struct Read<C> {
     /// Bytes already in `buf` (read_full).
     pub done: usize,
     pub deadline: Option<Instant>,
+    /// Made while this connection's completions were being delivered: it may
+    /// take plaintext already here, but EOF, a failure or its deadline reach
+    /// it at the next batch (so a loop that reads again on EOF does not spin).
+    pub late: bool,
 }
 
 /// A write-side request made before the handshake finished, kept in order.
@@ -125,9 +129,9 @@ pub(crate) struct Session<C> {
     /// they complete with those bytes.
     pub flushed: VecDeque<Waiting<C>>,
     /// Ciphertext reads in flight at the watcher.
-    pub core_reads: u8,
-    /// The deadline the ciphertext read in flight carries.
-    pub armed: Option<Instant>,
+    pub core_reads: u32,
+    /// The deadlines of the ciphertext reads in flight that have one.
+    pub armed: Vec<Instant>,
     /// No more plaintext will come (close_notify, or EOF on the socket).
     pub peer_eof: bool,
     /// The peer sent close_notify (its EOF was not a truncation).
@@ -156,7 +160,7 @@ impl<C> Session<C> {
             waiting: VecDeque::new(),
             flushed: VecDeque::new(),
             core_reads: 0,
-            armed: None,
+            armed: Vec::new(),
             peer_eof: false,
             notified: false,
             write_closed: false,
@@ -194,6 +198,44 @@ impl<C> Session<C> {
         turn
     }
 
+    /// Whether a ciphertext read should be made now, and its deadline: one
+    /// ending at once when bytes (or EOF) wait for a read; one when the
+    /// session needs ciphertext and none is in flight; one ending at the
+    /// earliest deadline when no read in flight ends by then.
+    pub fn read_plan(&self) -> Option<Option<Instant>> {
+        if self.failed.is_some() || self.dead {
+            return None;
+        }
+        if !self.reads.is_empty() && (!self.plain_rest.is_empty() || self.peer_eof) {
+            let now = Instant::now();
+            return (!self.armed.iter().any(|a| *a <= now)).then_some(Some(now));
+        }
+        if !self.wants_read() {
+            return None;
+        }
+        let due = self.read_deadline();
+        if self.core_reads == 0 {
+            return Some(due);
+        }
+        let d = due?;
+        (!self.armed.iter().any(|a| *a <= d)).then_some(Some(d))
+    }
+
+    /// A ciphertext read was made (`deadline`) or came back.
+    pub fn read_armed(&mut self, deadline: Option<Instant>) {
+        self.core_reads += 1;
+        self.armed.extend(deadline);
+    }
+
+    pub fn read_back(&mut self, deadline: Option<Instant>) {
+        self.core_reads = self.core_reads.saturating_sub(1);
+        if let Some(d) = deadline {
+            if let Some(i) = self.armed.iter().position(|a| *a == d) {
+                self.armed.swap_remove(i);
+            }
+        }
+    }
+
     /// The earliest deadline a ciphertext read should carry: the handshake's
     /// while it lasts, and every waiting read's.
     pub fn read_deadline(&self) -> Option<Instant> {
@@ -221,11 +263,26 @@ impl<C> Session<C> {
             || !self.flushed.is_empty()
     }
 
-    /// The next request whose records just went out: a write (`end` false),
-    /// or the shutdown or close after them (`end` true).
-    pub fn next_flushed(&mut self, end: bool) -> Option<Waiting<C>> {
-        let is_end = !matches!(self.flushed.front()?, Waiting::Write(..));
-        (is_end == end).then(|| self.flushed.pop_front()).flatten()
+    /// The next request whose bytes just went out: a write (`end` `None`), or
+    /// the shutdown (`Some(false)`) or close (`Some(true)`) after them.
+    pub fn next_flushed(&mut self, end: Option<bool>) -> Option<Waiting<C>> {
+        let i = self.flushed.iter().position(|w| match (w, end) {
+            (Waiting::Write(..), None) => true,
+            (Waiting::Shutdown(_), Some(false)) | (Waiting::Close(..), Some(true)) => true,
+            _ => false,
+        })?;
+        // Writes go in order, each with the run that carried it.
+        if end.is_none() && i != 0 {
+            return None;
+        }
+        self.flushed.remove(i)
+    }
+
+    /// Reads made during a delivery are ordinary reads once it is over.
+    pub fn settled(&mut self) {
+        for r in &mut self.reads {
+            r.late = false;
+        }
     }
 
     /// Puts requests whose records never reached the watcher back in line, to

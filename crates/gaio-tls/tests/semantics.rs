@@ -270,3 +270,82 @@ fn a_write_on_a_plain_connection_passes_through() {
     std::io::Read::read_exact(&mut &c, &mut got).unwrap();
     assert_eq!(&got, b"plain");
 }
+
+/// Regression: after a read with a deadline expired while an earlier read
+/// without one stayed in flight, a later read's deadline was never armed.
+#[test]
+fn every_read_deadline_is_kept_while_other_reads_wait() {
+    let mut p = pair();
+    p.run_until_ctx(&[100, 200]);
+    let io = p.w.local();
+    let t = p.tls.io(&io);
+    t.read(p.server, 1, None).unwrap();
+    t.read_timeout(p.server, 2, None, Duration::from_millis(20))
+        .unwrap();
+    let by = p.run_until_ctx(&[2]);
+    assert_eq!(by[&2].result, Err(Error::Deadline.to_string()));
+    let io = p.w.local();
+    p.tls
+        .io(&io)
+        .read_timeout(p.server, 3, None, Duration::from_millis(40))
+        .unwrap();
+    let by = p.run_until_ctx(&[3]);
+    assert_eq!(by[&3].result, Err(Error::Deadline.to_string()));
+}
+
+/// Regression: a callback that reads again on EOF was handed EOF again inside
+/// the same call, forever; now each EOF comes with a batch, as on a watcher.
+#[test]
+fn a_read_again_on_eof_gets_its_eof_at_the_next_batch() {
+    let mut p = pair();
+    p.run_until_ctx(&[100, 200]);
+    let io = p.w.local();
+    let t = p.tls.io(&io);
+    t.close(p.client, 1, None).unwrap();
+    t.read(p.server, 2, None).unwrap();
+    let (server, tls) = (p.server, &p.tls);
+    let mut eofs = 0;
+    let end = Instant::now() + PATIENCE;
+    while eofs < 5 {
+        assert!(Instant::now() < end);
+        let batch = p.w.wait_io_timeout(Duration::from_millis(50)).unwrap();
+        let io = batch.local();
+        let mut this_batch = 0;
+        for res in batch {
+            tls.complete(&io, res, |tio, res| {
+                if res.op == Op::Read && res.conn == server && res.is_eof() {
+                    this_batch += 1;
+                    eofs += 1;
+                    if eofs < 5 {
+                        tio.read(server, 2, None).unwrap();
+                    }
+                }
+            });
+        }
+        assert!(this_batch <= 1, "{this_batch} EOFs in one batch");
+    }
+}
+
+/// Regression: a shutdown and a close made during the handshake completed
+/// together at the shutdown's completion, the close with the shutdown's result.
+#[test]
+fn shutdown_and_close_during_the_handshake_complete_each_with_its_own_result() {
+    let mut p = pair();
+    let io = p.w.local();
+    let t = p.tls.io(&io);
+    t.shutdown(p.server, 1).unwrap();
+    // Due before the handshake can end: it completes with Deadline, and the
+    // connection is closed anyway.
+    t.close(p.server, 2, Some(Instant::now())).unwrap();
+    t.read(p.client, 3, None).unwrap();
+    let by = p.run_until_ctx(&[1, 2, 3, 100]);
+    // The close's deadline passed first: it closed the connection, so the
+    // shutdown queued before it ends with ConnClosed (as on a watcher).
+    let closed = Err(Error::ConnClosed.to_string());
+    assert_eq!((by[&1].op, &by[&1].result), (Op::Shutdown, &closed));
+    assert_eq!(
+        (by[&2].op, &by[&2].result),
+        (Op::Close, &Err(Error::Deadline.to_string()))
+    );
+    assert_eq!(by[&3].size, 0, "EOF at the client");
+}
