@@ -266,10 +266,13 @@ impl<C> Session<C> {
     /// The next request whose bytes just went out: a write (`end` `None`), or
     /// the shutdown (`Some(false)`) or close (`Some(true)`) after them.
     pub fn next_flushed(&mut self, end: Option<bool>) -> Option<Waiting<C>> {
-        let i = self.flushed.iter().position(|w| match (w, end) {
-            (Waiting::Write(..), None) => true,
-            (Waiting::Shutdown(_), Some(false)) | (Waiting::Close(..), Some(true)) => true,
-            _ => false,
+        let i = self.flushed.iter().position(|w| {
+            matches!(
+                (w, end),
+                (Waiting::Write(..), None)
+                    | (Waiting::Shutdown(_), Some(false))
+                    | (Waiting::Close(..), Some(true))
+            )
         })?;
         // Writes go in order, each with the run that carried it.
         if end.is_none() && i != 0 {
