@@ -415,10 +415,26 @@ pub fn run(release: &Path, scratch: &Path, quick: bool) -> Result<Results, Strin
     ];
     let tokio_bin = release.join("bench-tokio-rustls");
     let echo_bin = release.join("examples/echo");
+    let uring_args = [&tls_args[..], &["--backend", "uring"]].concat();
+    // gaio on io_uring too, where the kernel allows it (said loudly if not).
+    let uring = gaio_core::Watcher::<()>::builder()
+        .backend(gaio_core::Backend::IoUring)
+        .build()
+        .err();
+    if let Some(why) = &uring {
+        eprintln!("bench --tls: SKIPPING gaio on io_uring: {why}");
+    }
+    let n = if uring.is_none() { 3 } else { 2 };
     let fresh = |i: usize| -> Result<Srv, String> {
         match i {
             0 => start("tokio-rustls", &tokio_bin, &tls_args, server_core),
-            _ => start("gaio echo --tls", &echo_bin, &tls_args, server_core),
+            1 => start("gaio echo --tls", &echo_bin, &tls_args, server_core),
+            _ => start(
+                "gaio echo --tls, io_uring",
+                &echo_bin,
+                &uring_args,
+                server_core,
+            ),
         }
     };
     let err = |e: io::Error| e.to_string();
@@ -427,7 +443,7 @@ pub fn run(release: &Path, scratch: &Path, quick: bool) -> Result<Results, Strin
     let (runs, secs) = if quick { (1, 1.0) } else { (3, 3.0) };
 
     // Idle memory first, each on a fresh server.
-    let mut figures = [Figures::default(); 2];
+    let mut figures = vec![Figures::default(); n];
     for (i, f) in figures.iter_mut().enumerate() {
         let srv = fresh(i)?;
         let base = crate::bench::rss_bytes(srv.child.id());
@@ -442,9 +458,9 @@ pub fn run(release: &Path, scratch: &Path, quick: bool) -> Result<Results, Strin
         drop(held);
     }
 
-    let srvs = [fresh(0)?, fresh(1)?];
+    let srvs = (0..n).map(fresh).collect::<Result<Vec<_>, _>>()?;
     let plain = start("gaio echo", &echo_bin, &[], server_core)?;
-    let mut samples: Vec<Vec<Figures>> = vec![Vec::new(), Vec::new()];
+    let mut samples: Vec<Vec<Figures>> = vec![Vec::new(); n];
     let mut plain_samples = Vec::new();
     for _ in 0..runs {
         for (i, srv) in srvs.iter().enumerate() {
@@ -523,7 +539,7 @@ pub fn report(r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "\nTLS 1.3, TLS13_AES_128_GCM_SHA256, ring, the same rustls server configuration on both; servers single-threaded{}; {} s per scenario, medians of {} run(s), servers interleaved. Ratios are gaio ÷ tokio-rustls (throughput: higher is better; CPU and memory: lower is better). The load generator is one thread of gaio-tls client sessions.\n",
+        "\nTLS 1.3, TLS13_AES_128_GCM_SHA256, ring, the same rustls server configuration for all; servers single-threaded{}; {} s per scenario, medians of {} run(s), servers interleaved. Ratios are gaio ÷ tokio-rustls (throughput: higher is better; CPU and memory: lower is better). The load generator is one thread of gaio-tls client sessions.\n",
         if r.pinned {
             " on core 1, the load generator on core 0"
         } else {
@@ -573,12 +589,20 @@ pub fn report(r: &Results) -> String {
     if let Some((_, g)) = r.servers.get(1) {
         let _ = writeln!(
             md,
-            "\ngaio's plaintext echo at 64 KiB on the same core: {:.0} MB/s; over TLS {:.0} MB/s = {:.2}× of plaintext. Resumed share of resumed-handshake runs: tokio-rustls {:.0}%, gaio {:.0}%.",
+            "\ngaio's plaintext echo (epoll) at 64 KiB on the same core: {:.0} MB/s; over TLS {:.0} MB/s = {:.2}× of plaintext.",
             r.plain_mb_s_64k,
             g.mb_s_64k,
             g.mb_s_64k / r.plain_mb_s_64k,
-            base.resumed_share * 100.0,
-            g.resumed_share * 100.0
+        );
+        let shares: Vec<String> = r
+            .servers
+            .iter()
+            .map(|(name, f)| format!("{name} {:.0}%", f.resumed_share * 100.0))
+            .collect();
+        let _ = writeln!(
+            md,
+            "Handshakes that resumed in the resumed-handshake runs: {}.",
+            shares.join(", ")
         );
     }
     md
