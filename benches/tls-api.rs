@@ -122,6 +122,25 @@ fn unbuffered_step(
     incoming.drain(..consumed);
 }
 
+/// One exchange with the unbuffered server: what the client has to send goes
+/// in, what the server answers goes back and is processed by the client.
+fn unbuffered_round(
+    s: &mut UnbufferedServerConnection,
+    c: &mut ClientConnection,
+    incoming: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+) {
+    c.write_tls(incoming).unwrap();
+    unbuffered_step(s, incoming, out, plain, true);
+    let mut rd = &out[..];
+    while !rd.is_empty() {
+        c.read_tls(&mut rd).unwrap();
+    }
+    out.clear();
+    c.process_new_packets().unwrap();
+}
+
 fn main() {
     gaio_testkit::count_allocations(true);
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
@@ -174,24 +193,10 @@ fn main() {
         let mut s = Box::new(UnbufferedServerConnection::new(server.clone()).unwrap());
         let mut c = ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
         for _ in 0..10 {
-            c.write_tls(&mut incoming).unwrap();
-            unbuffered_step(&mut s, &mut incoming, &mut out, &mut plain, true);
-            let mut rd = &out[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).unwrap();
-            }
-            out.clear();
-            c.process_new_packets().unwrap();
+            unbuffered_round(&mut s, &mut c, &mut incoming, &mut out, &mut plain);
         }
         c.writer().write_all(&msg).unwrap();
-        c.write_tls(&mut incoming).unwrap();
-        unbuffered_step(&mut s, &mut incoming, &mut out, &mut plain, true);
-        let mut rd = &out[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-        }
-        out.clear();
-        c.process_new_packets().unwrap();
+        unbuffered_round(&mut s, &mut c, &mut incoming, &mut out, &mut plain);
         let mut back = vec![0u8; msg.len()];
         c.reader().read_exact(&mut back).unwrap();
         drop(c);
@@ -203,27 +208,13 @@ fn main() {
     let mut c = ClientConnection::new(client.clone(), "localhost".try_into().unwrap()).unwrap();
     let mut s = UnbufferedServerConnection::new(server.clone()).unwrap();
     for _ in 0..10 {
-        c.write_tls(&mut incoming).unwrap();
-        unbuffered_step(&mut s, &mut incoming, &mut out, &mut plain, true);
-        let mut rd = &out[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-        }
-        out.clear();
-        c.process_new_packets().unwrap();
+        unbuffered_round(&mut s, &mut c, &mut incoming, &mut out, &mut plain);
     }
     let mut back = vec![0u8; msg.len()];
     let t = Instant::now();
     for _ in 0..ECHOES {
         c.writer().write_all(&msg).unwrap();
-        c.write_tls(&mut incoming).unwrap();
-        unbuffered_step(&mut s, &mut incoming, &mut out, &mut plain, true);
-        let mut rd = &out[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-        }
-        out.clear();
-        c.process_new_packets().unwrap();
+        unbuffered_round(&mut s, &mut c, &mut incoming, &mut out, &mut plain);
         c.reader().read_exact(&mut back).unwrap();
     }
     let unbuffered_ns = t.elapsed().as_nanos() as f64 / ECHOES as f64;

@@ -51,11 +51,11 @@ struct Line {
     cpu_us_per_req: f64,
 }
 
-/// A server under test.
-struct Http {
-    name: &'static str,
-    child: Child,
-    addr: SocketAddr,
+/// A server under test (also the TLS comparison's), killed when dropped.
+pub(crate) struct Http {
+    pub name: &'static str,
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
 impl Drop for Http {
@@ -89,7 +89,14 @@ pub fn missing_tools() -> Option<String> {
     })
 }
 
-fn start(name: &'static str, bin: &Path, args: &[&str], core: Option<usize>) -> io::Result<Http> {
+/// Starts `bin --listen 127.0.0.1:0 ARGS` pinned to `core` and reads its
+/// `listening on` line.
+pub(crate) fn start(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    core: Option<usize>,
+) -> io::Result<Http> {
     let mut child = pinned(bin, core)
         .args(["--listen", "127.0.0.1:0"])
         .args(args)

@@ -17,7 +17,6 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +25,6 @@ use gaio_tls::rustls::{self, ClientConfig};
 use gaio_tls::{Ctx, Tls};
 
 use crate::Paths;
-use crate::redis::pinned;
 
 const IDLE_CONNS: usize = 10_000;
 const PINGPONG_CONNS: usize = 100;
@@ -331,19 +329,7 @@ fn idle(
     Ok((w, tls))
 }
 
-/// A server under test.
-struct Srv {
-    name: &'static str,
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Srv {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::http::Http as Srv;
 
 fn start(
     name: &'static str,
@@ -351,15 +337,7 @@ fn start(
     args: &[&str],
     core: Option<usize>,
 ) -> Result<Srv, String> {
-    let mut child = pinned(bin, core)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let addr = crate::bench::listening_line(&mut child, bin).map_err(|e| e.to_string())?;
-    Ok(Srv { name, child, addr })
+    crate::http::start(name, bin, args, core).map_err(|e| format!("{}: {e}", bin.display()))
 }
 
 /// One server's figures.
