@@ -15,7 +15,8 @@
 //! | start TLS on a connection | [`Tls::accept`] (server), [`Tls::connect`] (client): completes as [`Op::Connect`] when the handshake ends |
 //! | make requests | [`Tls::io`] → [`TlsIo`], the [`Requests`] methods |
 //! | collect completions | [`Tls::complete`] on each completion of the watcher |
-//! | look at a session | [`Tls::state`] (ALPN, version, resumed or not) |
+//! | look at a session | [`Tls::state`] (ALPN, version, resumed or not), [`Tls::got_close_notify`] |
+//! | watch it | [`Tls::stats`]: [`TlsStats`] (sessions, handshakes done, resumed, failed) |
 //!
 //! # How it sits on a watcher
 //!
@@ -188,6 +189,28 @@ pub struct Tls<C> {
     /// The watcher this layer serves, learnt from its first connection.
     watcher: Cell<Option<u32>>,
     live: Cell<usize>,
+    stats: Cell<TlsStats>,
+}
+
+/// A TLS layer's counters, from [`Tls::stats`].
+///
+/// ```
+/// let tls: gaio_tls::Tls<()> = gaio_tls::Tls::new();
+/// assert_eq!(tls.stats(), gaio_tls::TlsStats::default());
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsStats {
+    /// Sessions alive now (from `accept`/`connect` until the connection is
+    /// freed or closed and nothing of it is left in flight).
+    pub sessions: usize,
+    /// Handshakes that finished, since the layer was made.
+    pub handshakes: u64,
+    /// Of those, how many resumed an earlier session (a ticket or the cache).
+    pub resumed: u64,
+    /// Handshakes that failed: a TLS error, EOF, the handshake deadline, or the
+    /// connection freed first.
+    pub failed: u64,
 }
 
 impl<C> std::fmt::Debug for Tls<C> {
@@ -222,6 +245,7 @@ impl<C> Tls<C> {
             spare: RefCell::new(Vec::new()),
             watcher: Cell::new(None),
             live: Cell::new(0),
+            stats: Cell::new(TlsStats::default()),
         }
     }
 
@@ -243,6 +267,14 @@ impl<C> Tls<C> {
     /// TLS sessions alive on this layer.
     pub fn sessions(&self) -> usize {
         self.live.get()
+    }
+
+    /// The layer's counters: sessions, and handshakes done, resumed and failed.
+    pub fn stats(&self) -> TlsStats {
+        TlsStats {
+            sessions: self.live.get(),
+            ..self.stats.get()
+        }
     }
 
     /// Whether `conn` is one of this layer's TLS connections.
@@ -856,6 +888,12 @@ impl<C> Tls<C> {
     fn next(&self, s: &mut Session<C>) -> Option<Out<C>> {
         if s.open && s.failed.is_none() {
             if let Some(ctx) = s.handshake.take() {
+                let mut st = self.stats.get();
+                st.handshakes += 1;
+                if s.common().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    st.resumed += 1;
+                }
+                self.stats.set(st);
                 return Some(Out::Handshake(ctx, Ok(())));
             }
         }
@@ -872,6 +910,9 @@ impl<C> Tls<C> {
         }
         if let Some(err) = &s.failed {
             if let Some(ctx) = s.handshake.take() {
+                let mut st = self.stats.get();
+                st.failed += 1;
+                self.stats.set(st);
                 return Some(Out::Handshake(ctx, Err(dup(err))));
             }
             if s.reads.front().is_some_and(|r| !r.late) {

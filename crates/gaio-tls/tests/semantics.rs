@@ -112,7 +112,11 @@ fn requests_made_during_the_handshake_complete_in_order() {
     want.extend(pattern(3, 70_000));
     assert_eq!(by[&4].size, 105_000);
     assert!(by[&4].data == want, "bytes differ");
-    assert_eq!(p.tls.sessions(), 2);
+    let st = p.tls.stats();
+    assert_eq!(
+        (st.sessions, st.handshakes, st.resumed, st.failed),
+        (2, 2, 0, 0)
+    );
 }
 
 #[test]
@@ -248,6 +252,7 @@ fn free_completes_every_waiting_request_exactly_once() {
     );
     assert!(by[&4].result.is_err());
     assert_eq!(p.tls.sessions(), 1, "the client's session is gone");
+    assert_eq!((p.tls.stats().handshakes, p.tls.stats().failed), (0, 2));
     let io = p.w.local();
     p.tls.io(&io).free(p.server).unwrap_or(());
     let _ = p.run(|_| true);
