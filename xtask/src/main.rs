@@ -25,6 +25,7 @@ mod memcheck;
 mod redis;
 mod soak;
 mod tls;
+mod udp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -123,7 +124,7 @@ Runs echo + timeouts + frees against the gaio-pool echo server for N seconds
 ";
 
 const LOAD_USAGE: &str = "\
-usage: cargo xtask load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN] [--depth D] [--tls CERT.pem]
+usage: cargo xtask load --addr ADDR [--conns N] [--msg BYTES] [--secs S | --count PER_CONN] [--depth D] [--tls CERT.pem | --udp]
 
 Drives an echo server at ADDR with the bench's verifying load generator (every
 echoed byte compared): N connections (default 100) of BYTES-byte messages
@@ -132,7 +133,11 @@ echoed byte compared): N connections (default 100) of BYTES-byte messages
 for each echoed (for --secs only; no latencies). With --tls the connections
 speak TLS 1.3 (TLS13_AES_128_GCM_SHA256), trusting the certificate in CERT.pem
 for the name localhost, and ping-pong for --secs after every handshake (no
-latencies). Run several at once for a multi-process load.
+latencies). With --udp the server is a UDP echo server: N flows (a UDP socket
+each) send BYTES-byte datagrams (at least 12: flow and sequence number first),
+D in flight per flow (default 8), for --secs; every echo is checked, and lost
+datagrams (no echo within 200 ms) are counted apart from corrupt and duplicated
+ones. Run several at once for a multi-process load.
 ";
 
 /// Why a task did not complete.
@@ -543,6 +548,7 @@ fn load_cmd(args: &[String]) -> Result<(), Fail> {
     let mut rounds = load::Rounds::For(std::time::Duration::from_secs(5));
     let mut depth = 0usize;
     let mut tls_cert = None;
+    let mut udp = false;
     let mut a = Args::new(args, LOAD_USAGE);
     while let Some(flag) = a.next_flag()? {
         match flag {
@@ -559,12 +565,43 @@ fn load_cmd(args: &[String]) -> Result<(), Fail> {
             "--count" => rounds = load::Rounds::Count(a.value(flag)?),
             "--depth" => depth = a.value(flag)?,
             "--tls" => tls_cert = Some(a.value::<std::path::PathBuf>(flag)?),
+            "--udp" => udp = true,
             other => return Err(a.unknown(other)),
         }
     }
     let addr = addr.ok_or_else(|| a.bad("load needs --addr".into()))?;
     if conns == 0 || msg == 0 {
         return Err(a.bad("--conns and --msg must be at least 1".into()));
+    }
+    if udp {
+        if tls_cert.is_some() {
+            return Err(a.bad("--udp and --tls do not go together".into()));
+        }
+        let load::Rounds::For(secs) = rounds else {
+            return Err(a.bad("--udp runs for --secs, not --count".into()));
+        };
+        let spec = udp::Spec {
+            flows: conns,
+            size: msg,
+            in_flight: if depth > 0 { depth } else { 8 },
+            secs: secs.as_secs_f64(),
+        };
+        let o = udp::run(addr, spec).map_err(|e| e.to_string())?;
+        println!(
+            "{} datagrams echoed in {:.2} s: {:.0}/s, {:.1} MB/s; {} sent, {} lost, {} corrupt, {} duplicated or late (every byte verified)",
+            o.echoed,
+            o.secs,
+            o.echoed as f64 / o.secs,
+            (o.echoed * msg as u64) as f64 / o.secs / 1e6,
+            o.sent,
+            o.lost,
+            o.corrupt,
+            o.duplicate
+        );
+        if o.corrupt > 0 {
+            return Err(format!("{} corrupt datagrams", o.corrupt).into());
+        }
+        return Ok(());
     }
     if let Some(cert) = tls_cert {
         let (load::Rounds::For(secs), 0) = (rounds, depth) else {
