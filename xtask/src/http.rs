@@ -244,12 +244,7 @@ pub fn run(release: &Path, quick: bool) -> Result<Results, String> {
         return Err(why);
     }
     gaio_testkit::raise_fd_limit();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (client_core, server_core) = if cores >= 2 {
-        (Some(0), Some(1))
-    } else {
-        (None, None)
-    };
+    let (client_core, server_core) = crate::redis::client_and_server_cores();
     let hyper = release.join("bench-hyper");
     let gaio = release.join("examples/http-server");
     let idle_timeout = ["--idle-timeout", "600"];

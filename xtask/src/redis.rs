@@ -91,6 +91,17 @@ pub fn missing_tools() -> Option<String> {
 }
 
 /// `bin`, run on core `core` through taskset when given.
+/// The cores the comparisons pin the load generator and a single-threaded
+/// server to: 0 and 1, or none on a one-core machine.
+pub(crate) fn client_and_server_cores() -> (Option<usize>, Option<usize>) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    if cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    }
+}
+
 pub(crate) fn pinned(bin: &Path, core: Option<usize>) -> Command {
     match core {
         Some(c) => {
@@ -257,16 +268,12 @@ pub fn run(release: &Path, quick: bool) -> Result<Results, String> {
         return Err(why);
     }
     gaio_testkit::raise_fd_limit();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     // With 2 cores or more: redis-benchmark on core 0, the single-threaded
     // servers (redis-server, resp-server with 1 watcher) on core 1, so the
     // client does not steal the server's core and runs are comparable. The
     // N-watcher server runs where the kernel puts it (it shares the client's).
-    let (client_core, server_core) = if cores >= 2 {
-        (Some(0), Some(1))
-    } else {
-        (None, None)
-    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (client_core, server_core) = client_and_server_cores();
     let mut srvs = vec![start_redis_server(server_core).map_err(|e| format!("redis-server: {e}"))?];
     srvs.push(start_resp_server(release, 1, server_core).map_err(|e| format!("resp-server: {e}"))?);
     if cores > 1 {

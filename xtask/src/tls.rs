@@ -378,12 +378,7 @@ fn cert_files(
 /// holds the built binaries, `scratch` a directory for the certificate.
 pub fn run(release: &Path, scratch: &Path, quick: bool) -> Result<Results, String> {
     gaio_testkit::raise_fd_limit();
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (client_core, server_core) = if cores >= 2 {
-        (Some(0), Some(1))
-    } else {
-        (None, None)
-    };
+    let (client_core, server_core) = crate::redis::client_and_server_cores();
     let (cert, key, der) = cert_files(scratch)?;
     let tls_args = [
         "--tls-cert",

@@ -101,7 +101,8 @@ impl<C> Request<C> {
     ///                 self.0.write(conn, parts.ctx, buf)
     ///             }
     ///             (Asks::Read { buf, full: false }, None) => self.0.read(conn, parts.ctx, buf),
-    ///             _ => unimplemented!("the rest, likewise"),
+    ///             // The rest, likewise; this example takes no more.
+    ///             _ => Err(gaio_core::Error::Unsupported),
     ///         }
     ///     }
     ///     fn connect_fd(&self, fd: OwnedFd, ctx: u32, at: Option<Instant>) -> Result<Conn> {
